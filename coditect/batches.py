@@ -1,0 +1,218 @@
+"""Batches in Redis: pipelined idempotent enqueue, results read in bulk, cancellation.
+
+Jobs are stored exactly as ARQ stores them (``arq:job:<id>``, the queue ZSET, ``arq:result:<id>``),
+so ARQ workers run them and plain ARQ clients can read them. A job id is derived from the batch and
+the task (``coditect:<batch>:<task>``): enqueueing the same task of the same batch twice runs it once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from arq.connections import ArqRedis
+from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, result_key_prefix
+from arq.jobs import serialize_job
+from pydantic import BaseModel, Field
+
+from coditect.jobs import JOB_NAME
+from coditect.models import AgentTask, ExecutionResult, ExecutionStatus
+from coditect.serialization import RemoteJobError, job_deserializer, job_serializer
+
+__all__ = ["BatchRecord", "BatchStore", "job_id_for"]
+
+_T = TypeVar("_T")
+
+BATCH_KEY_PREFIX = "coditect:batch:"
+CHUNK = 500
+MIN_JOB_EXPIRY_MS = 86_400_000
+
+# KEYS: queue. ARGV: score, expiry ms, then (job id, payload) pairs. Enqueues the jobs that are
+# neither queued nor finished, in one atomic step, and returns how many it added.
+_ENQUEUE_LUA = """
+local added = 0
+for i = 3, #ARGV, 2 do
+  local id = ARGV[i]
+  if redis.call('EXISTS', 'arq:job:' .. id, 'arq:result:' .. id) == 0 then
+    redis.call('PSETEX', 'arq:job:' .. id, ARGV[2], ARGV[i + 1])
+    redis.call('ZADD', KEYS[1], ARGV[1], id)
+    added = added + 1
+  end
+end
+return added
+"""
+
+# KEYS: queue. ARGV: now ms, result ttl ms, then (job id, cancelled-result payload) pairs.
+# A queued job is removed before any worker starts it; a running one is asked to abort.
+_CANCEL_LUA = """
+local dequeued, aborted = 0, 0
+for i = 3, #ARGV, 2 do
+  local id = ARGV[i]
+  if redis.call('EXISTS', 'arq:in-progress:' .. id) == 1 then
+    redis.call('ZADD', 'arq:abort', ARGV[1], id)
+    aborted = aborted + 1
+  elseif redis.call('ZREM', KEYS[1], id) == 1 then
+    redis.call('DEL', 'arq:job:' .. id, 'arq:retry:' .. id)
+    redis.call('SET', 'arq:result:' .. id, ARGV[i + 1], 'PX', ARGV[2])
+    dequeued = dequeued + 1
+  end
+end
+return {dequeued, aborted}
+"""
+
+
+def job_id_for(batch_id: str, task_id: str) -> str:
+    return f"coditect:{batch_id}:{task_id}"
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class BatchRecord(BaseModel):
+    """What is kept of a batch so that ``status`` and ``results`` can find it later."""
+
+    id: str
+    name: str = ""
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    task_ids: list[str]
+
+
+class BatchStore:
+    """Reads and writes batches and their jobs on one Redis (ARQ's key layout)."""
+
+    def __init__(self, redis: ArqRedis, *, queue_name: str, keep_result_s: int) -> None:
+        self.redis = redis
+        self.queue_name = queue_name
+        self.keep_result_s = keep_result_s
+        self._enqueue = redis.register_script(_ENQUEUE_LUA)
+        self._cancel = redis.register_script(_CANCEL_LUA)
+
+    async def save(self, record: BatchRecord) -> None:
+        await self.redis.set(BATCH_KEY_PREFIX + record.id, record.model_dump_json(), ex=self.keep_result_s)
+
+    async def load(self, batch_id: str) -> BatchRecord | None:
+        raw = await self.redis.get(BATCH_KEY_PREFIX + batch_id)
+        return None if raw is None else BatchRecord.model_validate_json(raw)
+
+    async def enqueue(self, batch_id: str, tasks: Sequence[AgentTask]) -> int:
+        """Enqueue ``tasks`` in one pipelined round trip; returns how many were new."""
+        now = _now_ms()
+        expiry_ms = max(self.keep_result_s * 1000, MIN_JOB_EXPIRY_MS)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for chunk in _chunks(tasks):
+                args: list[Any] = [now, expiry_ms]
+                for task in chunk:
+                    payload = serialize_job(
+                        JOB_NAME, (task.model_dump(mode="json"),), {}, None, now, serializer=job_serializer
+                    )
+                    args += [job_id_for(batch_id, task.id), payload]
+                await self._enqueue(keys=[self.queue_name], args=args, client=pipe)
+            added = await pipe.execute()
+        return sum(added)
+
+    async def fetch_results(self, job_ids: Sequence[str]) -> dict[str, ExecutionResult]:
+        """Results of whichever of ``job_ids`` have finished, in one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for chunk in _chunks(job_ids):
+                pipe.mget([result_key_prefix + job_id for job_id in chunk])
+            replies = await pipe.execute()
+        found: dict[str, ExecutionResult] = {}
+        values = (value for reply in replies for value in reply)
+        for job_id, raw in zip(job_ids, values, strict=True):
+            if raw is not None:
+                found[job_id] = result_from_arq(raw, job_id)
+        return found
+
+    async def count_running(self, job_ids: Sequence[str]) -> int:
+        """How many of ``job_ids`` a worker holds right now."""
+        if not job_ids:
+            return 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for chunk in _chunks(job_ids):
+                pipe.exists(*(in_progress_key_prefix + job_id for job_id in chunk))
+            counts = await pipe.execute()
+        return int(sum(counts))
+
+    async def states(self, job_ids: Sequence[str]) -> list[ExecutionStatus]:
+        """Queued, running or pending (not in Redis) for each unfinished job, in order."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.exists(in_progress_key_prefix + job_id)
+                pipe.exists(job_key_prefix + job_id)
+            flags = await pipe.execute()
+        states = []
+        for running, queued in zip(flags[::2], flags[1::2], strict=True):
+            if running:
+                states.append(ExecutionStatus.RUNNING)
+            elif queued:
+                states.append(ExecutionStatus.QUEUED)
+            else:
+                states.append(ExecutionStatus.PENDING)
+        return states
+
+    async def cancel(self, job_ids: Sequence[str], reason: str) -> tuple[int, int]:
+        """Dequeue the queued jobs (they never start) and abort the running ones."""
+        now = _now_ms()
+        dequeued = aborted = 0
+        for chunk in _chunks(job_ids):
+            args: list[Any] = [now, self.keep_result_s * 1000]
+            for job_id in chunk:
+                args += [job_id, _cancelled_payload(job_id, self.queue_name, reason, now)]
+            done, stopped = await self._cancel(keys=[self.queue_name], args=args)
+            dequeued, aborted = dequeued + int(done), aborted + int(stopped)
+        return dequeued, aborted
+
+    async def pending_aborts(self) -> int:
+        return int(await self.redis.zcard(abort_jobs_ss))
+
+
+def result_from_arq(raw: bytes, job_id: str) -> ExecutionResult:
+    """Turn an ARQ result record (written by a worker, or by ``cancel``) into an ExecutionResult."""
+    task_id = job_id.rsplit(":", 1)[-1]
+    try:
+        data = job_deserializer(raw)
+        value, tries = data["r"], int(data.get("t") or 1)
+    except (ValueError, KeyError, TypeError) as err:
+        return ExecutionResult(task_id=task_id, status=ExecutionStatus.FAILED, error=f"unreadable result: {err}")
+    if data.get("s") and isinstance(value, dict):
+        try:
+            return ExecutionResult.model_validate(value)
+        except ValueError as err:
+            return ExecutionResult(
+                task_id=task_id, status=ExecutionStatus.FAILED, error=f"unreadable result: {err}", attempts=tries
+            )
+    status = ExecutionStatus.FAILED
+    if isinstance(value, RemoteJobError) and value.error_type == "TimeoutError":
+        status = ExecutionStatus.TIMEOUT
+    elif isinstance(value, RemoteJobError) and value.error_type == "CancelledError":
+        status = ExecutionStatus.CANCELLED
+    started, finished = data.get("st"), data.get("ft")
+    return ExecutionResult(
+        task_id=task_id,
+        status=status,
+        error=str(value) if value is not None else "job failed without an error message",
+        attempts=tries,
+        started_at=_from_ms(started),
+        finished_at=_from_ms(finished),
+        duration_s=max(0.0, (finished - started) / 1000) if started and finished else 0.0,
+    )
+
+
+def _from_ms(value: Any) -> datetime | None:
+    return datetime.fromtimestamp(value / 1000, UTC) if isinstance(value, int | float) and value else None
+
+
+def _cancelled_payload(job_id: str, queue_name: str, reason: str, now_ms: int) -> bytes:
+    record = {
+        "t": 0, "f": JOB_NAME, "a": [], "k": {}, "et": now_ms, "s": False,
+        "r": RemoteJobError("CancelledError", reason), "st": now_ms, "ft": now_ms, "q": queue_name, "id": job_id,
+    }  # fmt: skip
+    return job_serializer(record)
+
+
+def _chunks(items: Sequence[_T]) -> Iterable[Sequence[_T]]:
+    for start in range(0, len(items), CHUNK):
+        yield items[start : start + CHUNK]

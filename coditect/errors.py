@@ -1,0 +1,146 @@
+"""Errors raised by coditect.
+
+The tree::
+
+    CoditectError
+    ├── ConfigurationError          a setting, agent or provider that cannot work
+    ├── TaskInputError              a batch file or task payload that is invalid (names file and field)
+    ├── BackendUnavailableError     Redis cannot be reached (names the URL, never its password)
+    ├── ScriptError                 a legacy agent script exited non-zero (carries its stderr)
+    └── ProviderError               an LLM provider or agent endpoint call failed
+        ├── TransientProviderError  worth retrying: 429, 529, 5xx, connection errors, timeouts
+        └── PermanentProviderError  retrying cannot help: 400, 401, 403, 404, 422
+
+Provider errors are translated once, at the HTTP boundary of each provider, with ``raise ... from err``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendUnavailableError",
+    "CoditectError",
+    "ConfigurationError",
+    "PermanentProviderError",
+    "ProviderError",
+    "ScriptError",
+    "TaskInputError",
+    "TransientProviderError",
+    "provider_error_for_status",
+]
+
+TRANSIENT_STATUSES = frozenset({408, 409, 429})
+MAX_RETRY_AFTER_S = 300.0
+
+
+class CoditectError(Exception):
+    """Root of every error coditect raises on purpose."""
+
+
+class ConfigurationError(CoditectError):
+    """A setting, agent definition or provider choice that cannot work."""
+
+
+class TaskInputError(CoditectError):
+    """Invalid input: ``source`` names the file (or payload), ``field`` the offending field."""
+
+    def __init__(self, message: str, *, source: str = "", field: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.source = source
+        self.field = field
+
+    def __str__(self) -> str:
+        where = ": ".join(part for part in (self.source, self.field) if part)
+        return f"{where}: {self.message}" if where else self.message
+
+
+class BackendUnavailableError(CoditectError):
+    """Redis could not be reached."""
+
+
+class ScriptError(CoditectError):
+    """A legacy agent script exited with a non-zero code."""
+
+    def __init__(self, script: str, exit_code: int, stderr: str) -> None:
+        super().__init__(f"script {script} exited with code {exit_code}")
+        self.script = script
+        self.exit_code = exit_code
+        self.stderr = stderr
+
+    def __str__(self) -> str:
+        tail = self.stderr.strip()[-2000:]
+        return f"script {self.script} exited with code {self.exit_code}" + (f": {tail}" if tail else "")
+
+
+class ProviderError(CoditectError):
+    """An LLM provider or agent endpoint call failed."""
+
+    transient = False
+
+    def __init__(self, provider: str, message: str, *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.message = message
+        self.status_code = status_code
+
+    def __str__(self) -> str:
+        status = f" (HTTP {self.status_code})" if self.status_code is not None else ""
+        return f"{self.provider}{status}: {self.message}"
+
+
+class TransientProviderError(ProviderError):
+    """A failure that may go away: the queue retries it with backoff, honouring ``retry_after_s``."""
+
+    transient = True
+
+    def __init__(
+        self,
+        provider: str,
+        message: str,
+        *,
+        status_code: int | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(provider, message, status_code=status_code)
+        self.retry_after_s = retry_after_s
+
+
+class PermanentProviderError(ProviderError):
+    """A failure that retrying cannot fix (bad request, bad key, no permission, unknown model)."""
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``retry-after`` header (numeric form only), capped at ``MAX_RETRY_AFTER_S``."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    if seconds < 0:
+        return None
+    return min(seconds, MAX_RETRY_AFTER_S)
+
+
+def provider_error_for_status(
+    provider: str, status_code: int, message: str, *, retry_after: str | None = None
+) -> ProviderError:
+    """Classify an HTTP error status into a transient or permanent provider error."""
+    hint = _STATUS_HINTS.get(status_code, "")
+    text = f"{message} ({hint})" if hint and hint not in message else message
+    if status_code in TRANSIENT_STATUSES or status_code >= 500:
+        return TransientProviderError(
+            provider, text, status_code=status_code, retry_after_s=parse_retry_after(retry_after)
+        )
+    return PermanentProviderError(provider, text, status_code=status_code)
+
+
+_STATUS_HINTS = {
+    400: "the request was rejected; check the model name, max_tokens and prompt",
+    401: "the API key was refused; check ANTHROPIC_API_KEY or the provider's key",
+    403: "the API key has no permission for this model or resource",
+    404: "not found; check the base URL and model name",
+    422: "the request was not understood; check the model parameters",
+    429: "rate limited",
+    529: "provider overloaded",
+}

@@ -1,0 +1,192 @@
+"""TaskExecutor: one task in, one ExecutionResult out, async end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from coditect.agents import AgentRegistry
+from coditect.errors import (
+    CoditectError,
+    PermanentProviderError,
+    TransientProviderError,
+    provider_error_for_status,
+)
+from coditect.llm.base import LlmRequest, Message
+from coditect.llm.factory import LlmFactory
+from coditect.models import AgentConfig, AgentTask, ExecutionMode, ExecutionResult, ExecutionStatus, TokenUsage
+from coditect.scripts import ScriptRunner
+from coditect.settings import Settings
+
+__all__ = ["TaskExecutor"]
+
+logger = logging.getLogger(__name__)
+
+MODES: tuple[ExecutionMode, ...] = ("llm", "api", "script")
+
+
+@dataclass(frozen=True, slots=True)
+class _Output:
+    text: str
+    provider: str | None = None
+    model: str | None = None
+    usage: TokenUsage = field(default_factory=TokenUsage)
+
+
+def default_worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class TaskExecutor:
+    """Runs tasks through an LLM provider, an agent's HTTP endpoint, or a legacy script.
+
+    ``TaskExecutor()`` reads ``Settings()`` from the environment. One executor serves any number of
+    concurrent ``execute`` calls and shares one HTTP pool among them; close it with ``aclose()`` or
+    use it as an async context manager.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        agents: AgentRegistry | None = None,
+        llm_factory: LlmFactory | None = None,
+    ) -> None:
+        self.settings = settings or Settings()
+        self.agents = agents or AgentRegistry.from_settings(self.settings)
+        self._owns_factory = llm_factory is None
+        self.llm_factory = llm_factory or LlmFactory(self.settings)
+        self.scripts = ScriptRunner(
+            self.settings.scripts_dir, output_limit_bytes=self.settings.script_output_limit_bytes
+        )
+        self.worker_name = self.settings.worker_name or default_worker_name()
+
+    async def execute(
+        self, task: AgentTask, agent: str | None = None, mode: str | None = None
+    ) -> ExecutionResult:
+        """Run ``task`` and return its result; a failure is a result with status failed or timeout."""
+        started_at = datetime.now(UTC)
+        clock = time.perf_counter()
+        agent_name = agent or task.agent
+        result = ExecutionResult(
+            task_id=task.id, status=ExecutionStatus.RUNNING, agent=agent_name, started_at=started_at,
+            worker=self.worker_name,
+        )
+        try:
+            config = self.agents.get(agent_name)
+            chosen = self._resolve_mode(config, mode)
+            result.mode = chosen
+            timeout_s = min(task.timeout_s or config.timeout_s, self.settings.job_timeout_s)
+            try:
+                async with asyncio.timeout(timeout_s):
+                    output = await self._dispatch(chosen, task, config, timeout_s)
+            except TimeoutError:
+                result.status = ExecutionStatus.TIMEOUT
+                result.error = f"task {task.id} timed out after {timeout_s:g} s and was cancelled"
+            else:
+                result.status = ExecutionStatus.SUCCESS
+                result.output = output.text
+                result.provider, result.model, result.usage = output.provider, output.model, output.usage
+        except TransientProviderError as err:
+            result.status, result.error = ExecutionStatus.FAILED, str(err)
+            result.retryable, result.retry_after_s = True, err.retry_after_s
+        except CoditectError as err:
+            result.status, result.error = ExecutionStatus.FAILED, str(err)
+        except Exception as err:
+            logger.exception("task %s: unexpected error in agent %s", task.id, agent_name)
+            result.status = ExecutionStatus.FAILED
+            result.error = f"unexpected {type(err).__name__}: {err}"
+        result.finished_at = datetime.now(UTC)
+        result.duration_s = round(time.perf_counter() - clock, 6)
+        return result
+
+    def _resolve_mode(self, config: AgentConfig, mode: str | None) -> ExecutionMode:
+        if mode is not None:
+            if mode not in MODES:
+                raise CoditectError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+            return mode  # type: ignore[return-value]  # checked against MODES above
+        if config.mode == "llm" and not self.settings.use_direct_llm:
+            return "script"
+        return config.mode
+
+    async def _dispatch(
+        self, mode: ExecutionMode, task: AgentTask, config: AgentConfig, timeout_s: float
+    ) -> _Output:
+        if mode == "llm":
+            return await self._execute_via_llm(task, config)
+        if mode == "api":
+            return await self._execute_api(task, config)
+        return await self._execute_script(task, config, timeout_s)
+
+    async def _execute_via_llm(self, task: AgentTask, config: AgentConfig) -> _Output:
+        llm = self.llm_factory.create(config.provider, config.model)
+        response = await llm.generate_content_async(
+            [Message("user", task.prompt)],
+            LlmRequest(system=config.system_prompt, max_tokens=config.max_tokens),
+        )
+        return _Output(response.text, response.provider, response.model, response.usage)
+
+    async def _execute_api(self, task: AgentTask, config: AgentConfig) -> _Output:
+        if config.endpoint is None:
+            raise PermanentProviderError(f"agent {config.name}", "mode 'api' needs an 'endpoint' URL")
+        source = f"agent {config.name} endpoint"
+        url = str(config.endpoint)
+        try:
+            response = await self.llm_factory.http_client.post(
+                url, json={"task": task.model_dump(mode="json"), "agent": config.name}
+            )
+        except httpx.TimeoutException as err:
+            raise TransientProviderError(source, f"request to {url} timed out") from err
+        except httpx.TransportError as err:
+            raise TransientProviderError(source, f"cannot reach {url}: {type(err).__name__}") from err
+        if response.is_error:
+            raise provider_error_for_status(
+                source, response.status_code, response.text[:500] or response.reason_phrase,
+                retry_after=response.headers.get("retry-after"),
+            )
+        return _parse_agent_output(response.text, provider="api")
+
+    async def _execute_script(self, task: AgentTask, config: AgentConfig, timeout_s: float) -> _Output:
+        outcome = await self.scripts.run(
+            config.name, task.model_dump_json(), timeout_s=timeout_s, script=config.script
+        )
+        return _parse_agent_output(outcome.stdout, provider="script")
+
+    async def aclose(self) -> None:
+        """Close the HTTP pool, if this executor created its factory."""
+        if self._owns_factory:
+            await self.llm_factory.aclose()
+
+    async def __aenter__(self) -> TaskExecutor:
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.aclose()
+
+
+def _parse_agent_output(body: str, *, provider: str) -> _Output:
+    """An endpoint or script answers plain text, or JSON ``{"output": ..., "usage": {...}}``."""
+    text = body.strip()
+    if text.startswith("{"):
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return _Output(text, provider)
+        if isinstance(data, dict) and isinstance(data.get("output"), str):
+            usage = data.get("usage")
+            try:
+                parsed = TokenUsage.model_validate(usage) if isinstance(usage, dict) else TokenUsage()
+            except ValueError:
+                parsed = TokenUsage()
+            model = data.get("model")
+            return _Output(data["output"], provider, model if isinstance(model, str) else None, parsed)
+    return _Output(text, provider)

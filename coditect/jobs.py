@@ -1,0 +1,166 @@
+"""ARQ job functions and ``WorkerSettings``: ``arq coditect.jobs.WorkerSettings`` starts a worker.
+
+What coditect does with each ARQ outcome:
+
+- The executor returns a result for every task failure, so a job almost never raises.
+- A transient provider error (429, 529, 5xx, connection, timeout) raises ``arq.worker.Retry`` with a
+  delay that honours retry-after, else exponential backoff; ARQ puts the job back in the queue and
+  the worker slot is free while it waits. On the last try the job returns the failed result, with
+  ``attempts`` and the last error.
+- A task over its timeout is cancelled by the executor and returns status ``timeout``; ARQ's own job
+  timeout (ours plus a grace period) is only a backstop.
+- A payload that is not JSON, or not a task, fails that job with a clear error and never runs.
+- ARQ counts every start in ``job_try``, crashes included: a task whose worker died ``max_tries``
+  times ends ``failed`` ("max N retries exceeded").
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from typing import Any
+
+from arq.worker import Retry, func
+from pydantic import ValidationError
+
+from coditect.connections import redis_settings_from
+from coditect.executor import TaskExecutor
+from coditect.logs import ensure_worker_logging
+from coditect.models import AgentTask, ExecutionResult, ExecutionStatus
+from coditect.serialization import job_deserializer, job_serializer
+from coditect.settings import Settings
+
+__all__ = [
+    "JOB_NAME",
+    "WorkerSettings",
+    "execute_task",
+    "job_deserializer",
+    "job_serializer",
+    "retry_delay_s",
+    "worker_options",
+]
+
+logger = logging.getLogger(__name__)
+
+JOB_NAME = "execute_task"
+JOB_TIMEOUT_GRACE_S = 5.0
+SETTINGS_KEY = "coditect_settings"
+EXECUTOR_KEY = "coditect_executor"
+EMBEDDED_KEY = "coditect_embedded"
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    """Create the worker's one TaskExecutor (and so its one HTTP pool)."""
+    if not ctx.get(EMBEDDED_KEY):
+        ensure_worker_logging()
+    settings: Settings = ctx.get(SETTINGS_KEY) or Settings()
+    ctx[SETTINGS_KEY] = settings
+    ctx[EXECUTOR_KEY] = TaskExecutor(settings)
+    logger.info(
+        "coditect worker ready: queue %s, provider %s, max_jobs %d",
+        settings.queue_name, settings.provider, settings.max_jobs,
+    )
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    executor: TaskExecutor | None = ctx.pop(EXECUTOR_KEY, None)
+    if executor is not None:
+        await executor.aclose()
+
+
+def retry_delay_s(job_try: int, retry_after_s: float | None, settings: Settings) -> float:
+    """Seconds to wait before try ``job_try + 1``: the provider's retry-after, else jittered backoff."""
+    if retry_after_s is not None:
+        return retry_after_s
+    backoff = min(settings.retry_backoff_s * 2 ** (job_try - 1), settings.retry_backoff_max_s)
+    return backoff * random.uniform(0.75, 1.0)
+
+
+async def execute_task(
+    ctx: dict[str, Any], task: dict[str, Any] | str, agent: str | None = None, mode: str | None = None
+) -> dict[str, Any]:
+    """Run one task (a dict or its JSON text) and return its ``ExecutionResult`` as a JSON dict."""
+    settings: Settings = ctx[SETTINGS_KEY]
+    job_try: int = ctx.get("job_try", 1)
+    try:
+        parsed = AgentTask.model_validate_json(task) if isinstance(task, str) else AgentTask.model_validate(task)
+    except ValidationError as err:
+        return _invalid_payload(task, err, job_try).to_json_dict()
+    executor: TaskExecutor = ctx[EXECUTOR_KEY]
+    result = await executor.execute(parsed, agent, mode)
+    result.attempts = job_try
+    if result.retryable and job_try < settings.max_tries:
+        delay = retry_delay_s(job_try, result.retry_after_s, settings)
+        logger.info("task %s: try %d failed (%s), retrying in %.2f s", parsed.id, job_try, result.error, delay)
+        raise Retry(defer=delay)
+    return result.to_json_dict()
+
+
+def _invalid_payload(task: object, err: ValidationError, job_try: int) -> ExecutionResult:
+    raw = task
+    if isinstance(task, str):
+        try:
+            raw = json.loads(task)
+        except ValueError:
+            raw = None
+    task_id = raw.get("id") if isinstance(raw, dict) else None
+    first = err.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or "task"
+    return ExecutionResult(
+        task_id=task_id if isinstance(task_id, str) else "?",
+        status=ExecutionStatus.FAILED,
+        error=f"invalid task payload, not executed: {field}: {first['msg']}",
+        attempts=job_try,
+    )
+
+
+def worker_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for an ARQ ``Worker`` serving coditect's queue with ``settings``."""
+    return {
+        "functions": [
+            func(
+                execute_task,
+                name=JOB_NAME,
+                timeout=settings.job_timeout_s + JOB_TIMEOUT_GRACE_S,
+                max_tries=settings.max_tries,
+            )
+        ],
+        "queue_name": settings.queue_name,
+        "max_jobs": settings.max_jobs,
+        "job_timeout": settings.job_timeout_s + JOB_TIMEOUT_GRACE_S,
+        "max_tries": settings.max_tries,
+        "keep_result": settings.keep_result_s,
+        "poll_delay": settings.poll_interval_s,
+        "health_check_interval": settings.health_check_interval_s,
+        "allow_abort_jobs": True,
+        "job_serializer": job_serializer,
+        "job_deserializer": job_deserializer,
+        "log_results": False,
+        "on_startup": startup,
+        "on_shutdown": shutdown,
+    }
+
+
+_SETTINGS = Settings()
+_OPTIONS = worker_options(_SETTINGS)
+
+
+class WorkerSettings:
+    """``arq coditect.jobs.WorkerSettings``: every attribute on the class itself, as ARQ reads them."""
+
+    functions = _OPTIONS["functions"]
+    queue_name = _OPTIONS["queue_name"]
+    redis_settings = redis_settings_from(_SETTINGS)
+    max_jobs = _OPTIONS["max_jobs"]
+    job_timeout = _OPTIONS["job_timeout"]
+    max_tries = _OPTIONS["max_tries"]
+    keep_result = _OPTIONS["keep_result"]
+    poll_delay = _OPTIONS["poll_delay"]
+    health_check_interval = _OPTIONS["health_check_interval"]
+    allow_abort_jobs = _OPTIONS["allow_abort_jobs"]
+    job_serializer = _OPTIONS["job_serializer"]
+    job_deserializer = _OPTIONS["job_deserializer"]
+    log_results = _OPTIONS["log_results"]
+    on_startup = _OPTIONS["on_startup"]
+    on_shutdown = _OPTIONS["on_shutdown"]

@@ -1,0 +1,329 @@
+"""ProjectOrchestrator: enqueue batches of tasks and await their results, in input order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from arq.connections import ArqRedis
+
+from coditect.agents import AgentRegistry
+from coditect.batches import BatchRecord, BatchStore, job_id_for
+from coditect.connections import create_redis_pool
+from coditect.embedded import EmbeddedBackend
+from coditect.errors import TaskInputError
+from coditect.models import AgentTask, ExecutionResult, ExecutionStatus
+from coditect.settings import Settings
+
+__all__ = ["BatchProgress", "ProjectOrchestrator"]
+
+logger = logging.getLogger(__name__)
+
+PROGRESS_INTERVAL_S = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class BatchProgress:
+    """A snapshot of a batch while it runs."""
+
+    total: int
+    done: int
+    running: int
+    failed: int
+    elapsed_s: float
+
+    @property
+    def queued(self) -> int:
+        return self.total - self.done - self.running
+
+
+ProgressCallback = Callable[[BatchProgress], None]
+
+
+def new_batch_id() -> str:
+    return f"b-{uuid.uuid4().hex[:12]}"
+
+
+class ProjectOrchestrator:
+    """Runs tasks on ARQ workers: ``async with ProjectOrchestrator() as orch: await orch.execute_tasks_parallel(...)``.
+
+    With no Redis URL (argument or ``CODITECT_REDIS_URL``) it starts the embedded backend: an
+    in-process Redis and workers on this loop. With one, it enqueues for the worker processes
+    already running and awaits their results.
+    """
+
+    def __init__(
+        self, settings: Settings | None = None, *, redis_url: str | None = None, agents: AgentRegistry | None = None
+    ) -> None:
+        settings = settings or Settings()
+        if redis_url is not None:
+            settings = settings.model_copy(update={"redis_url": redis_url})
+        self.settings = settings
+        self.agents = agents or AgentRegistry.from_settings(settings)
+        self._tasks: dict[str, AgentTask] = {}
+        self._embedded: EmbeddedBackend | None = None
+        self._redis: ArqRedis | None = None
+        self._store: BatchStore | None = None
+
+    async def __aenter__(self) -> ProjectOrchestrator:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        if self._store is not None:
+            raise RuntimeError("this orchestrator is already open")
+        if self.settings.embedded:
+            self._embedded = EmbeddedBackend(self.settings)
+            await self._embedded.start()
+            self._redis = self._embedded.pool()
+        else:
+            self._redis = await create_redis_pool(self.settings, conn_retries=1)
+        self._store = BatchStore(
+            self._redis, queue_name=self.settings.queue_name, keep_result_s=self.settings.keep_result_s
+        )
+
+    async def close(self) -> None:
+        self._store = None
+        if self._embedded is not None:
+            await self._embedded.stop()
+            self._embedded = None
+        if self._redis is not None:
+            await self._redis.aclose(close_connection_pool=True)
+            self._redis = None
+
+    @property
+    def store(self) -> BatchStore:
+        if self._store is None:
+            raise RuntimeError("open the orchestrator first: async with ProjectOrchestrator() as orch: ...")
+        return self._store
+
+    @property
+    def redis(self) -> ArqRedis:
+        if self._redis is None:
+            raise RuntimeError("open the orchestrator first")
+        return self._redis
+
+    async def add_tasks(self, tasks: Iterable[AgentTask]) -> None:
+        """Register tasks so that ``execute_task(task_id)`` and ``execute_tasks_parallel(ids)`` find them."""
+        for task in tasks:
+            self._check_agent(task)
+            self._tasks[task.id] = task
+
+    async def execute_task(self, task_id: str, agent: str | None = None) -> ExecutionResult:
+        """Run one registered task and return its result."""
+        task = self._lookup(task_id)
+        if agent is not None:
+            task = task.model_copy(update={"agent": agent})
+        return await self._execute_task_internal(task)
+
+    async def _execute_task_internal(self, task: AgentTask) -> ExecutionResult:
+        (result,) = await self.run_batch([task])
+        return result
+
+    async def execute_tasks_parallel(
+        self,
+        task_ids: Sequence[str | AgentTask],
+        *,
+        batch_id: str | None = None,
+        name: str = "",
+        timeout_s: float | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> list[ExecutionResult]:
+        """Run tasks (registered ids, or tasks) on the workers in parallel; results in input order."""
+        tasks = [item if isinstance(item, AgentTask) else self._lookup(item) for item in task_ids]
+        return await self.run_batch(
+            tasks, batch_id=batch_id, name=name, timeout_s=timeout_s, on_progress=on_progress
+        )
+
+    async def run_batch(
+        self,
+        tasks: Sequence[AgentTask],
+        *,
+        batch_id: str | None = None,
+        name: str = "",
+        timeout_s: float | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> list[ExecutionResult]:
+        """Submit a batch and wait for it. Tasks run in dependency waves (``depends_on``)."""
+        batch_id = await self.submit(tasks, batch_id=batch_id, name=name, enqueue=False)
+        return await self._run_waves(batch_id, tasks, timeout_s, on_progress)
+
+    async def submit(
+        self, tasks: Sequence[AgentTask], *, batch_id: str | None = None, name: str = "", enqueue: bool = True
+    ) -> str:
+        """Record a batch and enqueue it; returns the batch id. Nothing is enqueued if any task is invalid."""
+        check_batch(tasks, self.agents)
+        if enqueue and any(task.depends_on for task in tasks):
+            raise TaskInputError(
+                "tasks with depends_on run only while the submitter waits; use 'coditect run' or run_batch",
+                field="depends_on",
+            )
+        batch_id = batch_id or new_batch_id()
+        await self.store.save(BatchRecord(id=batch_id, name=name, task_ids=[task.id for task in tasks]))
+        if enqueue:
+            added = await self.store.enqueue(batch_id, tasks)
+            logger.info("batch %s: %d task(s) enqueued, %d already there", batch_id, added, len(tasks) - added)
+        return batch_id
+
+    async def _run_waves(
+        self,
+        batch_id: str,
+        tasks: Sequence[AgentTask],
+        timeout_s: float | None,
+        on_progress: ProgressCallback | None,
+    ) -> list[ExecutionResult]:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        results: dict[str, ExecutionResult] = {}
+        tracker = _ProgressTracker(len(tasks), on_progress)
+        for wave in dependency_waves(tasks):
+            runnable, skipped = [], []
+            for task in wave:
+                failed_deps = [dep for dep in task.depends_on if not results[dep].succeeded]
+                (skipped if failed_deps else runnable).append((task, failed_deps))
+            for task, failed_deps in skipped:
+                results[task.id] = ExecutionResult(
+                    task_id=task.id, status=ExecutionStatus.CANCELLED, agent=task.agent, attempts=0,
+                    error=f"not run: dependency {', '.join(failed_deps)} did not succeed",
+                )
+                tracker.finished(results[task.id])
+            wave_tasks = [task for task, _ in runnable]
+            await self.store.enqueue(batch_id, wave_tasks)
+            results.update(await self.wait(batch_id, [t.id for t in wave_tasks], deadline=deadline, tracker=tracker))
+        return [results[task.id] for task in tasks]
+
+    async def wait(
+        self,
+        batch_id: str,
+        task_ids: Sequence[str],
+        *,
+        deadline: float | None = None,
+        tracker: _ProgressTracker | None = None,
+    ) -> dict[str, ExecutionResult]:
+        """Await the tasks' results with a few Redis round trips per poll interval for all of them."""
+        tracker = tracker or _ProgressTracker(len(task_ids), None)
+        pending = {job_id_for(batch_id, task_id): task_id for task_id in task_ids}
+        results: dict[str, ExecutionResult] = {}
+        while pending:
+            for job_id, result in (await self.store.fetch_results(list(pending))).items():
+                results[pending.pop(job_id)] = result
+                tracker.finished(result)
+            if not pending:
+                break
+            if tracker.due():
+                tracker.report(await self.store.count_running(list(pending)))
+            if deadline is not None and time.monotonic() >= deadline:
+                await self._expire(batch_id, pending, results)
+                break
+            await asyncio.sleep(self.settings.poll_interval_s)
+        tracker.report(0)
+        return results
+
+    async def _expire(self, batch_id: str, pending: dict[str, str], results: dict[str, ExecutionResult]) -> None:
+        await self.store.cancel(list(pending), "batch timed out")
+        for task_id in pending.values():
+            results[task_id] = ExecutionResult(
+                task_id=task_id, status=ExecutionStatus.TIMEOUT, attempts=0,
+                error=f"batch {batch_id} timed out before this task finished; it was cancelled",
+            )
+        pending.clear()
+
+    async def results(self, batch_id: str) -> list[ExecutionResult]:
+        """Every task of a recorded batch: its result, or its current status."""
+        record = await self._record(batch_id)
+        job_ids = [job_id_for(batch_id, task_id) for task_id in record.task_ids]
+        found = await self.store.fetch_results(job_ids)
+        unfinished = [job_id for job_id in job_ids if job_id not in found]
+        states = dict(zip(unfinished, await self.store.states(unfinished), strict=True)) if unfinished else {}
+        return [
+            found.get(job_id) or ExecutionResult(task_id=task_id, status=states[job_id], attempts=0)
+            for job_id, task_id in zip(job_ids, record.task_ids, strict=True)
+        ]
+
+    async def cancel(self, batch_id: str) -> tuple[int, int]:
+        """Cancel a recorded batch: queued tasks never start, running ones are aborted."""
+        record = await self._record(batch_id)
+        return await self.store.cancel([job_id_for(batch_id, t) for t in record.task_ids], "cancelled by user")
+
+    async def _record(self, batch_id: str) -> BatchRecord:
+        record = await self.store.load(batch_id)
+        if record is None:
+            raise TaskInputError(f"no batch {batch_id!r} (unknown, or its results have expired)", field="batch")
+        return record
+
+    def _lookup(self, task_id: str) -> AgentTask:
+        try:
+            return self._tasks[task_id]
+        except KeyError:
+            raise TaskInputError(f"unknown task {task_id!r}; add it with add_tasks() first", field="id") from None
+
+    def _check_agent(self, task: AgentTask) -> None:
+        if task.agent not in self.agents:
+            known = ", ".join(self.agents.names)
+            raise TaskInputError(f"unknown agent {task.agent!r}; known agents: {known}", field=f"{task.id}.agent")
+
+
+class _ProgressTracker:
+    """Counts finished tasks and reports progress at most every ``PROGRESS_INTERVAL_S``."""
+
+    def __init__(self, total: int, callback: ProgressCallback | None) -> None:
+        self.total, self.callback = total, callback
+        self.done = self.failed = 0
+        self.started = time.monotonic()
+        self._last = 0.0
+
+    def finished(self, result: ExecutionResult) -> None:
+        self.done += 1
+        self.failed += 0 if result.succeeded else 1
+
+    def due(self) -> bool:
+        return self.callback is not None and time.monotonic() - self._last >= PROGRESS_INTERVAL_S
+
+    def report(self, running: int) -> None:
+        if self.callback is not None:
+            self._last = time.monotonic()
+            self.callback(BatchProgress(self.total, self.done, running, self.failed, self._last - self.started))
+
+
+def check_batch(tasks: Sequence[AgentTask], agents: AgentRegistry) -> None:
+    """Refuse a batch with repeated ids, unknown dependencies, cycles or unknown agents."""
+    seen: set[str] = set()
+    for index, task in enumerate(tasks):
+        where = f"tasks[{index}]"
+        if task.id in seen:
+            raise TaskInputError(f"task id {task.id!r} appears more than once", field=f"{where}.id")
+        seen.add(task.id)
+        if task.agent not in agents:
+            known = ", ".join(agents.names)
+            raise TaskInputError(f"unknown agent {task.agent!r}; known agents: {known}", field=f"{where}.agent")
+    ids = {task.id for task in tasks}
+    for index, task in enumerate(tasks):
+        for dep in task.depends_on:
+            if dep not in ids:
+                raise TaskInputError(f"depends on unknown task id {dep!r}", field=f"tasks[{index}].depends_on")
+    dependency_waves(tasks)
+
+
+def dependency_waves(tasks: Sequence[AgentTask]) -> list[list[AgentTask]]:
+    """Group tasks into waves: each task after every task it depends on. Input order within a wave."""
+    level: dict[str, int] = {}
+    remaining = list(tasks)
+    while remaining:
+        progressed = [t for t in remaining if all(dep in level for dep in t.depends_on)]
+        if not progressed:
+            cycle = ", ".join(t.id for t in remaining)
+            raise TaskInputError(f"dependency cycle among tasks {cycle}", field="depends_on")
+        for task in progressed:
+            level[task.id] = 1 + max((level[dep] for dep in task.depends_on), default=-1)
+        remaining = [t for t in remaining if t.id not in level]
+    waves: list[list[AgentTask]] = [[] for _ in range(max(level.values(), default=-1) + 1)]
+    for task in tasks:
+        waves[level[task.id]].append(task)
+    return waves

@@ -1,0 +1,60 @@
+"""The JSON serializer pair for ARQ jobs and results. Never pickle.
+
+ARQ stores a failed job's exception object as its result; JSON cannot hold one, so an exception is
+written as ``{"__error__": <type name>, "message": <text>}`` and read back as ``RemoteJobError``.
+No class is ever looked up by name, so a payload cannot make the reader run code.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+__all__ = ["RemoteJobError", "job_deserializer", "job_serializer"]
+
+_PICKLE_PROTOCOL_MARK = 0x80
+_MAX_ERROR_CHARS = 4000
+
+
+class RemoteJobError(Exception):
+    """An exception raised in a worker, as read back from its JSON result."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(f"{error_type}: {message}" if message else error_type)
+        self.error_type = error_type
+        self.message = message
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, RemoteJobError):
+        return {"__error__": value.error_type, "message": value.message}
+    if isinstance(value, BaseException):
+        return {"__error__": type(value).__name__, "message": str(value)[:_MAX_ERROR_CHARS]}
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, set | frozenset):
+        return sorted(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _decode(obj: dict[str, Any]) -> Any:
+    if obj.keys() == {"__error__", "message"}:
+        return RemoteJobError(str(obj["__error__"]), str(obj["message"]))
+    return obj
+
+
+def job_serializer(obj: Any) -> bytes:
+    """Serialize a job or result dict to compact UTF-8 JSON."""
+    return json.dumps(obj, default=_encode, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def job_deserializer(data: bytes) -> Any:
+    """Read JSON written by ``job_serializer``; refuse anything else (a pickle in particular)."""
+    if data[:1] and data[0] == _PICKLE_PROTOCOL_MARK:
+        raise ValueError("refusing a pickle payload: coditect jobs and results are JSON")
+    return json.loads(data, object_hook=_decode)
