@@ -18,54 +18,24 @@ from arq.jobs import serialize_job
 from pydantic import BaseModel, Field
 
 from coditect.jobs import JOB_NAME
+from coditect.keys import (
+    BATCH_KEY_PREFIX,
+    CANCEL_LUA,
+    ENQUEUE_LUA,
+    done_key,
+    job_id_for,
+    split_job_id,
+    wake_channel,
+)
 from coditect.models import AgentTask, ExecutionResult, ExecutionStatus
 from coditect.serialization import RemoteJobError, job_deserializer, job_serializer
 
-__all__ = ["BatchRecord", "BatchStore", "job_id_for"]
+__all__ = ["BatchRecord", "BatchStore", "job_id_for", "result_from_arq"]
 
 _T = TypeVar("_T")
 
-BATCH_KEY_PREFIX = "coditect:batch:"
 CHUNK = 500
 MIN_JOB_EXPIRY_MS = 86_400_000
-
-# KEYS: queue. ARGV: score, expiry ms, then (job id, payload) pairs. Enqueues the jobs that are
-# neither queued nor finished, in one atomic step, and returns how many it added.
-_ENQUEUE_LUA = """
-local added = 0
-for i = 3, #ARGV, 2 do
-  local id = ARGV[i]
-  if redis.call('EXISTS', 'arq:job:' .. id, 'arq:result:' .. id) == 0 then
-    redis.call('PSETEX', 'arq:job:' .. id, ARGV[2], ARGV[i + 1])
-    redis.call('ZADD', KEYS[1], ARGV[1], id)
-    added = added + 1
-  end
-end
-return added
-"""
-
-# KEYS: queue. ARGV: now ms, result ttl ms, then (job id, cancelled-result payload) pairs.
-# A queued job is removed before any worker starts it; a running one is asked to abort.
-_CANCEL_LUA = """
-local dequeued, aborted = 0, 0
-for i = 3, #ARGV, 2 do
-  local id = ARGV[i]
-  if redis.call('EXISTS', 'arq:in-progress:' .. id) == 1 then
-    redis.call('ZADD', 'arq:abort', ARGV[1], id)
-    aborted = aborted + 1
-  elseif redis.call('ZREM', KEYS[1], id) == 1 then
-    redis.call('DEL', 'arq:job:' .. id, 'arq:retry:' .. id)
-    redis.call('SET', 'arq:result:' .. id, ARGV[i + 1], 'PX', ARGV[2])
-    dequeued = dequeued + 1
-  end
-end
-return {dequeued, aborted}
-"""
-
-
-def job_id_for(batch_id: str, task_id: str) -> str:
-    return f"coditect:{batch_id}:{task_id}"
-
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
@@ -87,8 +57,8 @@ class BatchStore:
         self.redis = redis
         self.queue_name = queue_name
         self.keep_result_s = keep_result_s
-        self._enqueue = redis.register_script(_ENQUEUE_LUA)
-        self._cancel = redis.register_script(_CANCEL_LUA)
+        self._enqueue = redis.register_script(ENQUEUE_LUA)
+        self._cancel = redis.register_script(CANCEL_LUA)
 
     async def save(self, record: BatchRecord) -> None:
         await self.redis.set(BATCH_KEY_PREFIX + record.id, record.model_dump_json(), ex=self.keep_result_s)
@@ -103,7 +73,7 @@ class BatchStore:
         expiry_ms = max(self.keep_result_s * 1000, MIN_JOB_EXPIRY_MS)
         async with self.redis.pipeline(transaction=False) as pipe:
             for chunk in _chunks(tasks):
-                args: list[Any] = [now, expiry_ms]
+                args: list[Any] = [now, expiry_ms, wake_channel(self.queue_name)]
                 for task in chunk:
                     payload = serialize_job(
                         JOB_NAME, (task.model_dump(mode="json"),), {}, None, now, serializer=job_serializer
@@ -125,6 +95,23 @@ class BatchStore:
             if raw is not None:
                 found[job_id] = result_from_arq(raw, job_id)
         return found
+
+    async def wait_done(self, batch_id: str, timeout_s: float) -> list[str]:
+        """Block up to ``timeout_s`` until workers report finished jobs of the batch; their job ids."""
+        key = done_key(batch_id)
+        first = await self.redis.blpop([key], timeout=max(timeout_s, 0.001))
+        if first is None:
+            return []
+        rest = await self.redis.lpop(key, CHUNK) or []
+        return [first[1].decode(), *(job_id.decode() for job_id in rest)]
+
+    async def missing(self, job_ids: Sequence[str]) -> list[str]:
+        """Those of ``job_ids`` whose job is not in Redis any more (e.g. Redis lost its data)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.exists(job_key_prefix + job_id)
+            flags = await pipe.execute()
+        return [job_id for job_id, present in zip(job_ids, flags, strict=True) if not present]
 
     async def count_running(self, job_ids: Sequence[str]) -> int:
         """How many of ``job_ids`` a worker holds right now."""
@@ -171,7 +158,8 @@ class BatchStore:
 
 def result_from_arq(raw: bytes, job_id: str) -> ExecutionResult:
     """Turn an ARQ result record (written by a worker, or by ``cancel``) into an ExecutionResult."""
-    task_id = job_id.rsplit(":", 1)[-1]
+    parts = split_job_id(job_id)
+    task_id = parts[1] if parts else job_id
     try:
         data = job_deserializer(raw)
         value, tries = data["r"], int(data.get("t") or 1)

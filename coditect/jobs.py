@@ -30,6 +30,7 @@ from coditect.logs import ensure_worker_logging
 from coditect.models import AgentTask, ExecutionResult, ExecutionStatus
 from coditect.serialization import job_deserializer, job_serializer
 from coditect.settings import Settings
+from coditect.worker import adopt, calling_worker
 
 __all__ = [
     "JOB_NAME",
@@ -57,6 +58,9 @@ async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx.get(SETTINGS_KEY) or Settings()
     ctx[SETTINGS_KEY] = settings
     ctx[EXECUTOR_KEY] = TaskExecutor(settings)
+    worker = calling_worker()
+    if worker is not None:
+        adopt(worker, settings.lease_s)
     logger.info(
         "coditect worker ready: queue %s, provider %s, max_jobs %d",
         settings.queue_name, settings.provider, settings.max_jobs,
@@ -133,6 +137,7 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         "keep_result": settings.keep_result_s,
         "poll_delay": settings.poll_interval_s,
         "health_check_interval": settings.health_check_interval_s,
+        "job_completion_wait": settings.shutdown_grace_s,
         "allow_abort_jobs": True,
         "job_serializer": job_serializer,
         "job_deserializer": job_deserializer,
@@ -158,6 +163,7 @@ class WorkerSettings:
     keep_result = _OPTIONS["keep_result"]
     poll_delay = _OPTIONS["poll_delay"]
     health_check_interval = _OPTIONS["health_check_interval"]
+    job_completion_wait = _OPTIONS["job_completion_wait"]
     allow_abort_jobs = _OPTIONS["allow_abort_jobs"]
     job_serializer = _OPTIONS["job_serializer"]
     job_deserializer = _OPTIONS["job_deserializer"]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -25,6 +25,8 @@ __all__ = ["BatchProgress", "ProjectOrchestrator"]
 logger = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 0.2
+FULL_CHECK_INTERVAL_S = 1.0
+BATCH_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +169,8 @@ class ProjectOrchestrator:
                 field="depends_on",
             )
         batch_id = batch_id or new_batch_id()
+        if not BATCH_ID_PATTERN.match(batch_id):
+            raise TaskInputError("use 1-64 letters, digits, '_', '.' or '-'", field="batch_id")
         await self.store.save(BatchRecord(id=batch_id, name=name, task_ids=[task.id for task in tasks]))
         if enqueue:
             added = await self.store.enqueue(batch_id, tasks)
@@ -196,7 +200,10 @@ class ProjectOrchestrator:
                 tracker.finished(results[task.id])
             wave_tasks = [task for task, _ in runnable]
             await self.store.enqueue(batch_id, wave_tasks)
-            results.update(await self.wait(batch_id, [t.id for t in wave_tasks], deadline=deadline, tracker=tracker))
+            wave_ids = [task.id for task in wave_tasks]
+            results.update(
+                await self.wait(batch_id, wave_ids, deadline=deadline, tracker=tracker, resubmit=wave_tasks)
+            )
         return [results[task.id] for task in tasks]
 
     async def wait(
@@ -206,13 +213,29 @@ class ProjectOrchestrator:
         *,
         deadline: float | None = None,
         tracker: _ProgressTracker | None = None,
+        resubmit: Sequence[AgentTask] = (),
     ) -> dict[str, ExecutionResult]:
-        """Await the tasks' results with a few Redis round trips per poll interval for all of them."""
+        """Await the tasks' results: block on the batch's done list, with a full check every second.
+
+        The full check also finds jobs that Redis lost (restarted without persistence) and enqueues
+        those of ``resubmit`` again.
+        """
         tracker = tracker or _ProgressTracker(len(task_ids), None)
         pending = {job_id_for(batch_id, task_id): task_id for task_id in task_ids}
+        by_job_id = {job_id_for(batch_id, task.id): task for task in resubmit}
         results: dict[str, ExecutionResult] = {}
+        next_scan = 0.0
         while pending:
-            for job_id, result in (await self.store.fetch_results(list(pending))).items():
+            now = time.monotonic()
+            if now >= next_scan:
+                found = await self.store.fetch_results(list(pending))
+                await self._resubmit_lost(batch_id, [j for j in pending if j not in found], by_job_id)
+                next_scan = now + FULL_CHECK_INTERVAL_S
+            else:
+                wait_s = next_scan - now if deadline is None else min(next_scan, deadline) - now
+                done = [job_id for job_id in await self.store.wait_done(batch_id, wait_s) if job_id in pending]
+                found = await self.store.fetch_results(done) if done else {}
+            for job_id, result in found.items():
                 results[pending.pop(job_id)] = result
                 tracker.finished(result)
             if not pending:
@@ -221,10 +244,17 @@ class ProjectOrchestrator:
                 tracker.report(await self.store.count_running(list(pending)))
             if deadline is not None and time.monotonic() >= deadline:
                 await self._expire(batch_id, pending, results)
-                break
-            await asyncio.sleep(self.settings.poll_interval_s)
         tracker.report(0)
         return results
+
+    async def _resubmit_lost(self, batch_id: str, unfinished: list[str], tasks: dict[str, AgentTask]) -> None:
+        if not unfinished or not tasks:
+            return
+        lost = [tasks[job_id] for job_id in await self.store.missing(unfinished) if job_id in tasks]
+        if lost:
+            added = await self.store.enqueue(batch_id, lost)
+            if added:
+                logger.warning("batch %s: %d job(s) were lost by Redis; enqueued again", batch_id, added)
 
     async def _expire(self, batch_id: str, pending: dict[str, str], results: dict[str, ExecutionResult]) -> None:
         await self.store.cancel(list(pending), "batch timed out")

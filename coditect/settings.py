@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     poll_interval_s: float = Field(default=0.05, gt=0, le=5, description="Worker and waiter poll interval.")
     retry_backoff_s: float = Field(default=1.0, ge=0, le=300, description="First retry delay; doubles.")
     retry_backoff_max_s: float = Field(default=60.0, ge=0, le=3600)
+    lease_s: float = Field(default=10.0, ge=1, le=3600, description="A dead worker's jobs rerun after this.")
+    shutdown_grace_s: int = Field(default=10, ge=0, le=3600, description="On SIGTERM, time to finish tasks.")
     health_check_interval_s: int = Field(default=60, ge=1)
     embedded_workers: int = Field(default=1, ge=1, le=64, description="In-process workers in embedded mode.")
 

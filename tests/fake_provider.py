@@ -171,7 +171,8 @@ class FakeProvider:
     @property
     def url(self) -> str:
         """The Anthropic base URL; the OpenAI-compatible one is ``f"{url}/v1"``."""
-        return f"http://127.0.0.1:{self.port}"
+        host = self._httpd.server_address[0]
+        return f"http://{host!s}:{self.port}"
 
     def plan(self, path: str | None = None, *, times: int = 1, **response: Any) -> None:
         """Queue ``times`` copies of a response (``Plan``'s fields) for ``path``, or for any path."""
@@ -232,6 +233,7 @@ class _Server(ThreadingHTTPServer):
     # Non-daemon handler threads, joined by server_close(): nothing outlives stop().
     daemon_threads = False
     block_on_close = True
+    request_queue_size = 128  # the default backlog of 5 resets bursts of concurrent connections
 
     def __init__(self, address: tuple[str, int], fake: FakeProvider) -> None:
         self.fake = fake

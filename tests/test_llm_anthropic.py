@@ -237,6 +237,41 @@ async def test_malformed_success_body_is_permanent(
         await llm.generate_content_async(HELLO)
 
 
+async def test_schema_violation_under_strict_validation_is_permanent(server: FakeProvider) -> None:
+    server.plan(status=200, body={"type": "message", "content": "not a list of blocks"})
+    client = anthropic.AsyncAnthropic(
+        api_key=KEY, base_url=server.url, max_retries=0, timeout=5, _strict_response_validation=True
+    )
+    try:
+        with pytest.raises(
+            PermanentProviderError, match=r"malformed response from .*APIResponseValidationError"
+        ):
+            await AnthropicLlm(client, "claude-test").generate_content_async(HELLO)
+    finally:
+        await client.close()
+
+
+class _RefuseWithKey(anthropic.Middleware):
+    async def handle_async(self, request: Any, call_next: Any) -> Any:
+        raise anthropic.RetryableError(f"middleware refused a request signed with {KEY}")
+
+
+async def test_other_sdk_errors_are_permanent_and_redacted(server: FakeProvider) -> None:
+    client = anthropic.AsyncAnthropic(
+        api_key=KEY, base_url=server.url, max_retries=0, timeout=5, middleware=[_RefuseWithKey()]
+    )
+    try:
+        with pytest.raises(
+            PermanentProviderError, match=r"failed: RetryableError: middleware refused"
+        ) as caught:
+            await AnthropicLlm(client, "claude-test").generate_content_async(HELLO)
+    finally:
+        await client.close()
+
+    assert_key_hidden(caught.value)
+    assert server.requests == []
+
+
 async def test_cancellation_propagates_untranslated(llm: AnthropicLlm, server: FakeProvider) -> None:
     server.plan(delay_s=10)
     task = asyncio.create_task(llm.generate_content_async(HELLO))
@@ -254,7 +289,7 @@ async def test_client_is_built_from_settings() -> None:
     try:
         assert client.max_retries == 0
         assert client.timeout == 42
-        assert str(client.base_url) == "http://127.0.0.1:9/"
+        assert str(client.base_url).rstrip("/") == "http://127.0.0.1:9"
         assert client.api_key == KEY
         assert KEY not in repr(AnthropicLlm(client, DEFAULT_ANTHROPIC_MODEL))
     finally:

@@ -12,6 +12,7 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,7 +24,7 @@ WriteScript = Callable[[str, str], Path]
 ECHO = """
 import json, os, sys
 data = sys.stdin.read()
-print(json.dumps({"echo": data, "cwd": os.getcwd()}))
+print(json.dumps({"echo": data, "cwd": os.getcwd(), "isolated": sys.flags.isolated}))
 """
 
 # Writes its own pid and a grandchild's pid (atomically, so a reader never sees half a number), then sleeps.
@@ -120,7 +121,7 @@ async def test_stdout_returned_and_payload_arrives_intact(
     assert out.exit_code == 0
     assert out.duration_s > 0
     assert out.stderr == ""
-    assert json.loads(out.stdout) == {"echo": payload, "cwd": str(scripts_dir)}
+    assert json.loads(out.stdout) == {"echo": payload, "cwd": str(scripts_dir), "isolated": 1}
 
 
 async def test_explicit_script_name_is_used(runner: ScriptRunner, write_script: WriteScript) -> None:
@@ -230,7 +231,13 @@ async def test_reaping_unblocks_a_paused_pipe(write_script: WriteScript, tmp_pat
     done = tmp_path / "done"
     script = write_script(
         "flood.py",
-        f"import sys, time\nsys.stdout.write('f' * 200_000)\nsys.stdout.flush()\nopen({str(done)!r}, 'w').close()\ntime.sleep(30)",
+        f"""
+        import sys, time
+        sys.stdout.write("f" * 200_000)
+        sys.stdout.flush()
+        open({str(done)!r}, "w").close()
+        time.sleep(30)
+        """,
     )
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-I", str(script), stdout=asyncio.subprocess.PIPE, start_new_session=True
@@ -247,29 +254,41 @@ async def test_reaping_unblocks_a_paused_pipe(write_script: WriteScript, tmp_pat
 async def test_escaped_daemon_holding_the_pipes_cannot_hang_the_runner(
     runner: ScriptRunner,
     write_script: WriteScript,
-    spawned_pids: list[int],
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # A grandchild in its own session escapes the group kill and keeps stdout open after the script exits.
-    monkeypatch.setattr("coditect.scripts._REAP_GRACE_S", 0.3)
     write_script(
         "execute_daemon.py",
         """
         import subprocess, sys
-        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
-        sys.stderr.write(str(child.pid))
+        argv = [sys.executable, "-c", "import time; time.sleep(60)"]
+        child = subprocess.Popen(argv, start_new_session=True)
         open(sys.argv[0] + ".pid", "w").write(str(child.pid))
         """,
     )
+    monkeypatch.setattr("coditect.scripts._REAP_GRACE_S", 0.3)
+    procs: list[asyncio.subprocess.Process] = []
+    spawn = asyncio.create_subprocess_exec
+
+    async def spawn_and_keep(*args: Any, **kwargs: Any) -> asyncio.subprocess.Process:
+        procs.append(await spawn(*args, **kwargs))
+        return procs[-1]
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", spawn_and_keep)
     started = time.monotonic()
 
-    with pytest.raises(TimeoutError):
-        await runner.run("daemon", "{}", timeout_s=0.5)
-
-    assert time.monotonic() - started < 3
-    assert "pipes are still open" in caplog.text
-    spawned_pids.append(_read_pid(runner.scripts_dir / "execute_daemon.py.pid"))
+    try:
+        with pytest.raises(TimeoutError):
+            await runner.run("daemon", "{}", timeout_s=0.5)
+        assert time.monotonic() - started < 3
+        assert "pipes are still open" in caplog.text
+    finally:  # the daemon is out of the runner's reach: end it, and read its pipes to EOF to free them
+        os.kill(_read_pid(runner.scripts_dir / "execute_daemon.py.pid"), signal.SIGKILL)
+        stdout, stderr = procs[0].stdout, procs[0].stderr
+        assert stdout is not None
+        assert stderr is not None
+        await asyncio.wait_for(asyncio.gather(stdout.read(), stderr.read()), 5)
 
 
 async def test_missing_script_names_the_path(runner: ScriptRunner, scripts_dir: Path) -> None:

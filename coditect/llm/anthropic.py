@@ -5,16 +5,19 @@ Imported only when the anthropic provider is first used: ``import anthropic`` ta
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import anthropic
 from anthropic.types import MessageParam
 
-from coditect.errors import ConfigurationError
+from coditect.errors import ConfigurationError, PermanentProviderError
 from coditect.llm.base import BaseLlm, LlmRequest, LlmResponse, Message
 from coditect.llm.http_errors import (
     connection_error,
+    describe,
     malformed_response_error,
+    redact,
     safe_url,
     status_error,
     timeout_error,
@@ -84,9 +87,12 @@ class AnthropicLlm(BaseLlm):
             raise status_error(
                 self.provider, err.status_code, err.body, err.response.headers, secret=self.client.api_key
             ) from err
-        except (anthropic.AnthropicError, ValueError) as err:
-            # APIResponseValidationError, or a 2xx body that is not JSON (the SDK lets JSONDecodeError out).
+        except (anthropic.APIResponseValidationError, json.JSONDecodeError) as err:
+            # A 2xx body the SDK cannot use; it lets JSONDecodeError out untranslated.
             raise malformed_response_error(self.provider, base_url, err, secret=self.client.api_key) from err
+        except anthropic.AnthropicError as err:
+            detail = redact(describe(err), self.client.api_key)
+            raise PermanentProviderError(self.provider, f"request to {base_url} failed: {detail}") from err
         try:
             text = "".join(block.text for block in reply.content if block.type == "text")
             usage = TokenUsage(input_tokens=reply.usage.input_tokens, output_tokens=reply.usage.output_tokens)

@@ -112,11 +112,12 @@ def status_error(
 
 
 def describe(err: BaseException) -> str:
-    """``Class: message``, taking the message from the cause chain when ``err`` itself has none."""
+    """``Class: message`` on one line, the message taken from the cause chain when ``err`` has none."""
     cause: BaseException | None = err
     while cause is not None and not str(cause):
         cause = cause.__cause__ or cause.__context__
-    return f"{type(err).__name__}: {cause}" if cause is not None else type(err).__name__
+    detail = " ".join(str(cause).split()) if cause is not None else ""
+    return truncate(f"{type(err).__name__}: {detail}") if detail else type(err).__name__
 
 
 def timeout_error(
@@ -138,9 +139,17 @@ def connection_error(provider: str, url: str, cause: BaseException | None) -> Tr
 
 
 def malformed_response_error(
-    provider: str, url: str, err: BaseException, *, body: str | None = None, secret: str | None = None
+    provider: str,
+    url: str,
+    err: BaseException,
+    *,
+    status_code: int | None = None,
+    body: str | None = None,
+    secret: str | None = None,
 ) -> PermanentProviderError:
     """A 2xx response that is not the JSON the API promises (retrying the same server will not help)."""
     snippet = f"; body: {truncate(redact(body, secret), 200)!r}" if body is not None else ""
     detail = redact(describe(err), secret)
-    return PermanentProviderError(provider, f"malformed response from {safe_url(url)}: {detail}{snippet}")
+    return PermanentProviderError(
+        provider, f"malformed response from {safe_url(url)}: {detail}{snippet}", status_code=status_code
+    )

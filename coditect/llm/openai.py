@@ -96,5 +96,10 @@ class OpenAiLlm(BaseLlm):
         except (ValueError, LookupError, TypeError, AttributeError) as err:
             # ValueError covers invalid JSON and TokenUsage's pydantic ValidationError.
             raise malformed_response_error(
-                self.provider, url, err, body=response.text, secret=self._api_key
+                self.provider,
+                url,
+                err,
+                status_code=response.status_code,
+                body=response.text,
+                secret=self._api_key,
             ) from err

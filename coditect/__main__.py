@@ -1,0 +1,5 @@
+"""``python -m coditect``: the same as the ``coditect`` command."""
+
+from coditect.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,528 @@
+"""The ``coditect`` command: run, submit and follow batches of agent tasks; start workers.
+
+Exit codes: 0 every task succeeded, 1 some task did not (or has not finished), 2 bad input or an
+unusable configuration (one line on stderr, no traceback), 130 interrupted.
+
+Only the standard library is imported at module level: ``coditect --help`` must start in well under
+0.3 s, and the orchestrator (ARQ, redis, pydantic) and the provider SDKs cost far more than that.
+Each command imports what it needs. This is the one place in coditect that calls ``asyncio.run()``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import shutil
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
+
+if TYPE_CHECKING:
+    from coditect.batchfile import BatchSpec
+    from coditect.models import AgentTask, ExecutionResult
+    from coditect.orchestrator import BatchProgress, ProjectOrchestrator
+    from coditect.settings import Settings
+
+__all__ = ["build_parser", "main"]
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_NOT_ALL_SUCCEEDED = 1
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+DEMO_LATENCY_S = 0.5
+# Batch ids become part of Redis keys and job ids: the same safe alphabet as task ids.
+_BATCH_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+
+DEMO_TASKS: tuple[dict[str, Any], ...] = (
+    {
+        "id": "research",
+        "agent": "researcher",
+        "title": "Survey job queues for asyncio Python",
+        "description": "Compare ARQ, SAQ and Celery for running LLM calls concurrently.",
+    },
+    {
+        "id": "outline",
+        "agent": "writer",
+        "title": "Outline a guide to running LLM agents in parallel",
+        "description": "Five sections, one line each.",
+    },
+    {
+        "id": "code",
+        "agent": "coder",
+        "title": "Write an asyncio function that runs three coroutines concurrently",
+        "description": "Use asyncio.TaskGroup and return the results in order.",
+    },
+    {
+        "id": "faq",
+        "agent": "default",
+        "title": "List five questions a newcomer asks about task queues",
+    },
+    {
+        "id": "summary",
+        "agent": "writer",
+        "title": "Summarise ADR-001 in three sentences",
+        "description": "Async end to end: orchestrator, executor, LLM factory, provider on one event loop.",
+    },
+    {
+        "id": "review",
+        "agent": "reviewer",
+        "title": "Review the outline of the guide",
+        "description": "Point out missing sections and unclear steps.",
+        "depends_on": ["outline"],
+    },
+)
+
+
+class CliError(Exception):
+    """A problem with how the command was invoked; printed as one line, exit code 2."""
+
+
+Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared helpers: settings, the orchestrator, progress, and printing results with the exit code.
+
+
+def _load_settings(args: argparse.Namespace, **overrides: Any) -> Settings:
+    """``Settings()`` from the environment, ``--redis-url`` and ``overrides`` applied on top."""
+    from pydantic import ValidationError
+
+    from coditect.errors import ConfigurationError
+    from coditect.settings import Settings
+
+    try:
+        settings = Settings()
+    except ValidationError as err:
+        first = err.errors()[0]
+        name = "_".join(str(part) for part in first["loc"]).upper()
+        raise ConfigurationError(f"invalid setting CODITECT_{name}: {first['msg']}") from err
+    redis_url = getattr(args, "redis_url", None)
+    if redis_url is not None:
+        overrides.setdefault("redis_url", redis_url)
+    return settings.model_copy(update=overrides) if overrides else settings
+
+
+def _require_redis(settings: Settings, command: str) -> None:
+    if settings.embedded:
+        raise CliError(
+            f"'coditect {command}' needs a shared Redis: set CODITECT_REDIS_URL or pass --redis-url "
+            "(the embedded in-process backend serves only 'coditect run' and 'coditect demo')"
+        )
+
+
+@contextlib.asynccontextmanager
+async def _orchestrator(
+    settings: Settings, *, command: str, shared: bool
+) -> AsyncIterator[ProjectOrchestrator]:
+    """An open orchestrator; ``shared``: the command makes sense only with a Redis URL.
+
+    A Redis error while the command runs becomes ``BackendUnavailableError`` naming the URL.
+    """
+    if shared:
+        _require_redis(settings, command)
+    from redis.exceptions import RedisError
+
+    from coditect.connections import redact_url
+    from coditect.errors import BackendUnavailableError
+    from coditect.orchestrator import ProjectOrchestrator
+
+    where = "the embedded Redis" if settings.embedded else f"Redis at {redact_url(settings.redis_url)}"
+    try:
+        async with ProjectOrchestrator(settings) as orch:
+            yield orch
+    except RedisError as err:
+        raise BackendUnavailableError(f"lost the connection to {where}: {err}") from err
+
+
+class _LiveLine:
+    """One line on a terminal, rewritten in place with ``\\r``."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self._width = 0
+
+    def show(self, text: str) -> None:
+        self.stream.write("\r" + text.ljust(self._width))
+        self.stream.flush()
+        self._width = len(text)
+
+    def clear(self) -> None:
+        if self._width:
+            self.stream.write("\r" + " " * self._width + "\r")
+            self.stream.flush()
+            self._width = 0
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool) -> Iterator[Callable[[BatchProgress], None] | None]:
+    """A progress callback that draws on stderr when it is a terminal; ``None`` otherwise."""
+    stream = sys.stderr
+    if not enabled or not stream.isatty():
+        yield None
+        return
+    from coditect.render import progress_line
+
+    line = _LiveLine(stream)
+
+    def on_progress(progress: BatchProgress) -> None:
+        line.show(progress_line(progress))
+
+    try:
+        yield on_progress
+    finally:
+        line.clear()
+
+
+@contextlib.contextmanager
+def _blame(source: str) -> Iterator[None]:
+    """Name ``source`` (the batch file) in a ``TaskInputError`` that does not name its source yet."""
+    from coditect.errors import TaskInputError
+
+    try:
+        yield
+    except TaskInputError as err:
+        if not err.source:
+            err.source = source
+        raise
+
+
+def _load_batch(file: str, settings: Settings) -> BatchSpec:
+    """Read a batch file and check it (ids, dependencies, agents) before anything touches Redis."""
+    from coditect.agents import AgentRegistry
+    from coditect.batchfile import load_batch_file
+    from coditect.orchestrator import check_batch
+
+    spec = load_batch_file(Path(file))
+    with _blame(file):
+        check_batch(spec.tasks, AgentRegistry.from_settings(settings))
+    return spec
+
+
+def _exit_code(results: Sequence[ExecutionResult]) -> int:
+    return EXIT_OK if all(result.succeeded for result in results) else EXIT_NOT_ALL_SUCCEEDED
+
+
+def _print_results(
+    results: Sequence[ExecutionResult], *, as_json: bool, elapsed_s: float | None = None
+) -> int:
+    """Print the results (a JSON list, or the table) on stdout and return the exit code."""
+    if as_json:
+        print(json.dumps([result.to_json_dict() for result in results], indent=2))
+    else:
+        from coditect.render import results_table
+
+        width = shutil.get_terminal_size((120, 24)).columns
+        print(results_table(results, width=width, elapsed_s=elapsed_s))
+    return _exit_code(results)
+
+
+async def _run_and_print(
+    args: argparse.Namespace, settings: Settings, tasks: Sequence[AgentTask], *, name: str
+) -> int:
+    """``run`` and ``demo``: run a batch to the end with live progress, then print it."""
+    async with _orchestrator(settings, command=args.command, shared=False) as orch:
+        with _progress(not args.json) as on_progress:
+            started = time.monotonic()
+            results = await orch.run_batch(
+                tasks, batch_id=args.batch_id, name=name, timeout_s=args.timeout, on_progress=on_progress
+            )
+            elapsed_s = time.monotonic() - started
+    return _print_results(results, as_json=args.json, elapsed_s=elapsed_s)
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+
+
+async def _cmd_demo(args: argparse.Namespace) -> int:
+    from coditect.models import AgentTask
+
+    overrides: dict[str, Any] = {
+        "redis_url": "",
+        "llm_provider": "offline",
+        "llm_model": "",
+        "use_direct_llm": True,
+        "agents_file": None,  # the built-in agents, so a local agents file cannot send the demo elsewhere
+    }
+    settings = _load_settings(args, **overrides)
+    if "offline_latency_s" not in settings.model_fields_set:
+        settings = settings.model_copy(update={"offline_latency_s": DEMO_LATENCY_S})
+    tasks = [AgentTask.model_validate(task) for task in DEMO_TASKS]
+    if not args.json:
+        print(
+            f"coditect demo: {len(tasks)} tasks on the embedded backend (in-process Redis and workers) "
+            "with the offline provider\n"
+        )
+    return await _run_and_print(args, settings, tasks, name="demo")
+
+
+async def _cmd_run(args: argparse.Namespace) -> int:
+    settings = _load_settings(args)
+    spec = _load_batch(args.file, settings)
+    return await _run_and_print(args, settings, spec.tasks, name=spec.name)
+
+
+async def _cmd_submit(args: argparse.Namespace) -> int:
+    settings = _load_settings(args)
+    _require_redis(settings, "submit")
+    spec = _load_batch(args.file, settings)
+    async with _orchestrator(settings, command="submit", shared=True) as orch:
+        with _blame(args.file):
+            batch_id = await orch.submit(spec.tasks, batch_id=args.batch_id, name=spec.name)
+    print(json.dumps({"batch_id": batch_id}) if args.json else batch_id)
+    return EXIT_OK
+
+
+async def _cmd_status(args: argparse.Namespace) -> int:
+    async with _orchestrator(_load_settings(args), command="status", shared=True) as orch:
+        results = await orch.results(args.batch)
+    from coditect.render import status_counts, status_summary
+
+    if args.json:
+        print(json.dumps({"batch_id": args.batch, "total": len(results), "counts": status_counts(results)}))
+    else:
+        print(status_summary(args.batch, results))
+    return _exit_code(results)
+
+
+async def _cmd_results(args: argparse.Namespace) -> int:
+    async with _orchestrator(_load_settings(args), command="results", shared=True) as orch:
+        results = await orch.results(args.batch)
+    return _print_results(results, as_json=args.json)
+
+
+async def _cmd_cancel(args: argparse.Namespace) -> int:
+    async with _orchestrator(_load_settings(args), command="cancel", shared=True) as orch:
+        dequeued, aborted = await orch.cancel(args.batch)
+    if args.json:
+        print(json.dumps({"batch_id": args.batch, "dequeued": dequeued, "aborted": aborted}))
+    else:
+        print(f"batch {args.batch}: {dequeued} dequeued before starting, {aborted} running asked to abort")
+    return EXIT_OK
+
+
+async def _cmd_watch(args: argparse.Namespace) -> int:
+    from coditect.errors import TaskInputError
+    from coditect.orchestrator import _ProgressTracker
+
+    async with _orchestrator(_load_settings(args), command="watch", shared=True) as orch:
+        record = await orch.store.load(args.batch)
+        if record is None:
+            raise TaskInputError(
+                f"no batch {args.batch!r} (unknown, or its results have expired)", field="batch"
+            )
+        with _progress(not args.json) as on_progress:
+            tracker = _ProgressTracker(len(record.task_ids), on_progress)
+            found = await orch.wait(args.batch, record.task_ids, tracker=tracker)
+    return _print_results([found[task_id] for task_id in record.task_ids], as_json=args.json)
+
+
+async def _cmd_worker(args: argparse.Namespace) -> int:
+    settings = _load_settings(args)
+    if settings.embedded:
+        raise CliError(
+            "a separate worker process needs a shared Redis: set CODITECT_REDIS_URL or pass --redis-url "
+            "(without one, 'coditect run' and 'coditect demo' start their own in-process workers)"
+        )
+    from redis.exceptions import RedisError
+
+    from coditect.connections import redact_url, redis_settings_from
+    from coditect.errors import BackendUnavailableError
+    from coditect.jobs import SETTINGS_KEY, worker_options
+    from coditect.worker import CoditectWorker
+
+    # Built inside the running loop: ARQ installs its SIGINT/SIGTERM handlers on this loop, and on a
+    # signal it cancels the worker's main task, which is how a worker is meant to stop.
+    worker = CoditectWorker(
+        **worker_options(settings),
+        redis_settings=redis_settings_from(settings),
+        burst=args.burst,
+        ctx={SETTINGS_KEY: settings},
+    )
+    try:
+        await worker.async_run()
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise  # this command itself is being cancelled, not the worker stopped by a signal
+        logger.info("worker stopped by a signal")
+    except (RedisError, OSError) as err:
+        raise BackendUnavailableError(
+            f"cannot reach Redis at {redact_url(settings.redis_url)}: {err}"
+        ) from err
+    finally:
+        await _close_worker(worker)
+    return EXIT_OK
+
+
+async def _close_worker(worker: Any) -> None:
+    # ARQ's close() gathers the job tasks without return_exceptions, so one cancelled by the signal
+    # before it reached its own error handling would make close() raise and skip on_shutdown. Let
+    # them all finish first, then drop them, as ARQ's poll loop drops finished tasks.
+    from redis.exceptions import RedisError
+
+    await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
+    worker.tasks.clear()
+    try:
+        await worker.close()
+    except RedisError as err:
+        logger.warning("worker closed without reaching Redis: %s", err)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parser and entry point
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line, like every other error of this command."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"coditect: error: {message} (see '{self.prog} --help')\n")
+
+
+def _batch_id(value: str) -> str:
+    if not _BATCH_ID.fullmatch(value):
+        raise argparse.ArgumentTypeError(
+            f"invalid batch id {value!r}: use 1 to 128 letters, digits, '_', '.', ':' or '-'"
+        )
+    return value
+
+
+def _positive_seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {value!r}")
+    return seconds
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``coditect`` argument parser; each sub-command sets ``handler`` to its coroutine."""
+    parser = _Parser(
+        prog="coditect",
+        description="Run LLM agent tasks in parallel on ARQ workers over Redis "
+        "(embedded in-process Redis when no CODITECT_REDIS_URL is set).",
+        epilog="Exit codes: 0 all tasks succeeded, 1 some did not, 2 bad input or configuration.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    def redis_url(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--redis-url",
+            metavar="URL",
+            help="Redis of the workers (default: CODITECT_REDIS_URL; empty: embedded)",
+        )
+
+    def as_json(sub: argparse.ArgumentParser, what: str = "the results as a JSON list") -> None:
+        sub.add_argument("--json", action="store_true", help=f"print only {what} on stdout")
+
+    demo = command("demo", _cmd_demo, "run a sample project in-process with the offline provider")
+    as_json(demo)
+    demo.set_defaults(batch_id=None, timeout=None)
+
+    run = command("run", _cmd_run, "run a batch file and wait for its results")
+    run.add_argument("file", metavar="FILE", help="batch file (JSON, or TOML with a .toml suffix)")
+    redis_url(run)
+    as_json(run)
+    run.add_argument(
+        "--timeout", type=_positive_seconds, metavar="SECONDS", help="give up on unfinished tasks"
+    )
+    run.add_argument("--batch-id", type=_batch_id, metavar="ID", help="default: a new random id")
+
+    worker = command("worker", _cmd_worker, "run a worker process for the queue (needs a shared Redis)")
+    redis_url(worker)
+    worker.add_argument("--burst", action="store_true", help="stop once the queue is empty")
+
+    submit = command("submit", _cmd_submit, "enqueue a batch file for the workers and print its batch id")
+    submit.add_argument("file", metavar="FILE", help="batch file (JSON, or TOML with a .toml suffix)")
+    redis_url(submit)
+    submit.add_argument("--batch-id", type=_batch_id, metavar="ID", help="default: a new random id")
+    as_json(submit, '{"batch_id": ...}')
+
+    for name, handler, help_text, what in (
+        ("status", _cmd_status, "count a batch's tasks per status", "the counts as JSON"),
+        ("results", _cmd_results, "print a batch's results", "the results as a JSON list"),
+        (
+            "cancel",
+            _cmd_cancel,
+            "cancel a batch: dequeue waiting tasks, abort running ones",
+            "the counts as JSON",
+        ),
+        (
+            "watch",
+            _cmd_watch,
+            "show a submitted batch's progress until it finishes",
+            "the results as a JSON list",
+        ),
+    ):
+        sub = command(name, handler, help_text)
+        sub.add_argument("batch", metavar="BATCH", help="batch id, as printed by 'coditect submit'")
+        redis_url(sub)
+        as_json(sub, what)
+    return parser
+
+
+@contextlib.contextmanager
+def _logging(command: str) -> Iterator[None]:
+    """Log to stderr for the duration of one command: INFO for a worker, warnings otherwise."""
+    root, arq_logger = logging.getLogger(), logging.getLogger("arq")
+    saved = root.level, arq_logger.level
+    handler = logging.StreamHandler(sys.stderr)
+    if command == "worker":
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.setLevel(logging.INFO)
+    else:
+        handler.setFormatter(logging.Formatter("coditect: %(levelname)s: %(name)s: %(message)s"))
+        root.setLevel(logging.WARNING)
+        # ARQ warns on each connection retry and about its in-process workers' jobs; the command
+        # itself reports the outcome (one error line, or the results).
+        arq_logger.setLevel(logging.ERROR)
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(saved[0])
+        arq_logger.setLevel(saved[1])
+
+
+def _fail(message: str) -> None:
+    print(f"coditect: error: {message}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``coditect`` command with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # --help, or a usage error already printed
+        return exit_.code if isinstance(exit_.code, int) else EXIT_BAD_INPUT
+    handler: Handler = args.handler
+
+    from coditect.errors import BackendUnavailableError, ConfigurationError, TaskInputError
+
+    with _logging(args.command):
+        try:
+            return asyncio.run(handler(args))
+        except (CliError, TaskInputError, ConfigurationError, BackendUnavailableError) as err:
+            _fail(" ".join(str(err).split()))
+            return EXIT_BAD_INPUT
+        except KeyboardInterrupt:
+            _fail("interrupted")
+            return EXIT_INTERRUPTED
