@@ -20,7 +20,9 @@ BUILTIN_AGENTS = (
     AgentConfig(name="default", system_prompt="You are a capable assistant. Answer concisely."),
     AgentConfig(name="writer", system_prompt="You are a technical writer. Write clear, short prose."),
     AgentConfig(name="reviewer", system_prompt="You are a careful reviewer. List concrete problems first."),
-    AgentConfig(name="researcher", system_prompt="You are a researcher. Summarise what is known and cite it."),
+    AgentConfig(
+        name="researcher", system_prompt="You are a researcher. Summarise what is known and cite it."
+    ),
     AgentConfig(name="coder", system_prompt="You are a senior Python engineer. Answer with working code."),
 )
 
@@ -75,6 +77,6 @@ def load_agents_file(path: Path) -> list[AgentConfig]:
             agents.append(AgentConfig.model_validate(entry))
         except ValidationError as err:
             first = err.errors()[0]
-            field = ".".join(str(part) for part in first["loc"])
-            raise ConfigurationError(f"{path}: agents[{index}].{field}: {first['msg']}") from err
+            field = "".join(f".{part}" for part in first["loc"])
+            raise ConfigurationError(f"{path}: agents[{index}]{field}: {first['msg']}") from err
     return agents

@@ -37,6 +37,7 @@ _T = TypeVar("_T")
 CHUNK = 500
 MIN_JOB_EXPIRY_MS = 86_400_000
 
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -99,10 +100,11 @@ class BatchStore:
     async def wait_done(self, batch_id: str, timeout_s: float) -> list[str]:
         """Block up to ``timeout_s`` until workers report finished jobs of the batch; their job ids."""
         key = done_key(batch_id)
-        first = await self.redis.blpop([key], timeout=max(timeout_s, 0.001))
+        # BLPOP takes fractional seconds since Redis 6; redis-py's hint says int.
+        first = await self.redis.blpop([key], timeout=max(timeout_s, 0.001))  # type: ignore[arg-type,misc]
         if first is None:
             return []
-        rest = await self.redis.lpop(key, CHUNK) or []
+        rest = await self.redis.lpop(key, CHUNK) or []  # type: ignore[misc]
         return [first[1].decode(), *(job_id.decode() for job_id in rest)]
 
     async def missing(self, job_ids: Sequence[str]) -> list[str]:
@@ -164,13 +166,18 @@ def result_from_arq(raw: bytes, job_id: str) -> ExecutionResult:
         data = job_deserializer(raw)
         value, tries = data["r"], int(data.get("t") or 1)
     except (ValueError, KeyError, TypeError) as err:
-        return ExecutionResult(task_id=task_id, status=ExecutionStatus.FAILED, error=f"unreadable result: {err}")
+        return ExecutionResult(
+            task_id=task_id, status=ExecutionStatus.FAILED, error=f"unreadable result: {err}"
+        )
     if data.get("s") and isinstance(value, dict):
         try:
             return ExecutionResult.model_validate(value)
         except ValueError as err:
             return ExecutionResult(
-                task_id=task_id, status=ExecutionStatus.FAILED, error=f"unreadable result: {err}", attempts=tries
+                task_id=task_id,
+                status=ExecutionStatus.FAILED,
+                error=f"unreadable result: {err}",
+                attempts=tries,
             )
     status = ExecutionStatus.FAILED
     if isinstance(value, RemoteJobError) and value.error_type == "TimeoutError":
@@ -196,7 +203,8 @@ def _from_ms(value: Any) -> datetime | None:
 def _cancelled_payload(job_id: str, queue_name: str, reason: str, now_ms: int) -> bytes:
     record = {
         "t": 0, "f": JOB_NAME, "a": [], "k": {}, "et": now_ms, "s": False,
-        "r": RemoteJobError("CancelledError", reason), "st": now_ms, "ft": now_ms, "q": queue_name, "id": job_id,
+        "r": RemoteJobError("CancelledError", reason), "st": now_ms, "ft": now_ms, "q": queue_name,
+        "id": job_id,
     }  # fmt: skip
     return job_serializer(record)
 

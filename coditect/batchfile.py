@@ -56,12 +56,15 @@ def load_batch_file(path: Path) -> BatchSpec:
 
 def parse_batch(data: Any, *, source: str = "batch", default_name: str = "") -> BatchSpec:
     """Validate parsed batch data: ``{"name": ..., "tasks": [...]}`` or a bare list of tasks."""
+    entries: Any
     if isinstance(data, list):
         name, entries = default_name, data
     elif isinstance(data, dict):
         unknown = sorted(set(data) - {"name", "tasks"})
         if unknown:
-            raise TaskInputError("unknown top-level key; expected 'name' and 'tasks'", source=source, field=unknown[0])
+            raise TaskInputError(
+                "unknown top-level key; expected 'name' and 'tasks'", source=source, field=unknown[0]
+            )
         name, entries = data.get("name", default_name), data.get("tasks")
         if not isinstance(name, str):
             raise TaskInputError("must be a string", source=source, field="name")

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import shutil
 import sys
 import time
@@ -39,8 +38,6 @@ EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
 DEMO_LATENCY_S = 0.5
-# Batch ids become part of Redis keys and job ids: the same safe alphabet as task ids.
-_BATCH_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
 DEMO_TASKS: tuple[dict[str, Any], ...] = (
     {
@@ -183,28 +180,19 @@ def _progress(enabled: bool) -> Iterator[Callable[[BatchProgress], None] | None]
         line.clear()
 
 
-@contextlib.contextmanager
-def _blame(source: str) -> Iterator[None]:
-    """Name ``source`` (the batch file) in a ``TaskInputError`` that does not name its source yet."""
-    from coditect.errors import TaskInputError
-
-    try:
-        yield
-    except TaskInputError as err:
-        if not err.source:
-            err.source = source
-        raise
-
-
 def _load_batch(file: str, settings: Settings) -> BatchSpec:
     """Read a batch file and check it (ids, dependencies, agents) before anything touches Redis."""
     from coditect.agents import AgentRegistry
     from coditect.batchfile import load_batch_file
+    from coditect.errors import TaskInputError
     from coditect.orchestrator import check_batch
 
     spec = load_batch_file(Path(file))
-    with _blame(file):
+    try:
         check_batch(spec.tasks, AgentRegistry.from_settings(settings))
+    except TaskInputError as err:
+        err.source = err.source or file
+        raise
     return spec
 
 
@@ -277,8 +265,7 @@ async def _cmd_submit(args: argparse.Namespace) -> int:
     _require_redis(settings, "submit")
     spec = _load_batch(args.file, settings)
     async with _orchestrator(settings, command="submit", shared=True) as orch:
-        with _blame(args.file):
-            batch_id = await orch.submit(spec.tasks, batch_id=args.batch_id, name=spec.name)
+        batch_id = await orch.submit(spec.tasks, batch_id=args.batch_id, name=spec.name)
     print(json.dumps({"batch_id": batch_id}) if args.json else batch_id)
     return EXIT_OK
 
@@ -361,22 +348,8 @@ async def _cmd_worker(args: argparse.Namespace) -> int:
             f"cannot reach Redis at {redact_url(settings.redis_url)}: {err}"
         ) from err
     finally:
-        await _close_worker(worker)
+        await worker.close()  # lets running jobs record their outcome, runs on_shutdown, closes the pool
     return EXIT_OK
-
-
-async def _close_worker(worker: Any) -> None:
-    # ARQ's close() gathers the job tasks without return_exceptions, so one cancelled by the signal
-    # before it reached its own error handling would make close() raise and skip on_shutdown. Let
-    # them all finish first, then drop them, as ARQ's poll loop drops finished tasks.
-    from redis.exceptions import RedisError
-
-    await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
-    worker.tasks.clear()
-    try:
-        await worker.close()
-    except RedisError as err:
-        logger.warning("worker closed without reaching Redis: %s", err)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -388,14 +361,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_BAD_INPUT, f"coditect: error: {message} (see '{self.prog} --help')\n")
-
-
-def _batch_id(value: str) -> str:
-    if not _BATCH_ID.fullmatch(value):
-        raise argparse.ArgumentTypeError(
-            f"invalid batch id {value!r}: use 1 to 128 letters, digits, '_', '.', ':' or '-'"
-        )
-    return value
 
 
 def _positive_seconds(value: str) -> float:
@@ -444,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--timeout", type=_positive_seconds, metavar="SECONDS", help="give up on unfinished tasks"
     )
-    run.add_argument("--batch-id", type=_batch_id, metavar="ID", help="default: a new random id")
+    run.add_argument("--batch-id", metavar="ID", help="default: a new random id")
 
     worker = command("worker", _cmd_worker, "run a worker process for the queue (needs a shared Redis)")
     redis_url(worker)
@@ -453,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit = command("submit", _cmd_submit, "enqueue a batch file for the workers and print its batch id")
     submit.add_argument("file", metavar="FILE", help="batch file (JSON, or TOML with a .toml suffix)")
     redis_url(submit)
-    submit.add_argument("--batch-id", type=_batch_id, metavar="ID", help="default: a new random id")
+    submit.add_argument("--batch-id", metavar="ID", help="default: a new random id")
     as_json(submit, '{"batch_id": ...}')
 
     for name, handler, help_text, what in (
@@ -481,26 +446,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 @contextlib.contextmanager
 def _logging(command: str) -> Iterator[None]:
-    """Log to stderr for the duration of one command: INFO for a worker, warnings otherwise."""
-    root, arq_logger = logging.getLogger(), logging.getLogger("arq")
-    saved = root.level, arq_logger.level
+    """Log to stderr while one command runs: a worker's INFO lines, otherwise warnings only.
+
+    Other libraries stay at WARNING (httpx would log every provider request at INFO).
+    """
+    from coditect.logs import FORMAT
+
+    root, arq_logger, own_logger = (
+        logging.getLogger(),
+        logging.getLogger("arq"),
+        logging.getLogger("coditect"),
+    )
+    saved = [(each, each.level) for each in (root, arq_logger, own_logger)]
     handler = logging.StreamHandler(sys.stderr)
+    root.setLevel(logging.WARNING)
     if command == "worker":
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root.setLevel(logging.INFO)
+        handler.setFormatter(logging.Formatter(FORMAT, "%H:%M:%S"))
+        arq_logger.setLevel(logging.INFO)
+        own_logger.setLevel(logging.INFO)
     else:
         handler.setFormatter(logging.Formatter("coditect: %(levelname)s: %(name)s: %(message)s"))
-        root.setLevel(logging.WARNING)
-        # ARQ warns on each connection retry and about its in-process workers' jobs; the command
-        # itself reports the outcome (one error line, or the results).
+        # ARQ warns on each connection retry; the command reports the outcome itself, in one line.
         arq_logger.setLevel(logging.ERROR)
     root.addHandler(handler)
     try:
         yield
     finally:
         root.removeHandler(handler)
-        root.setLevel(saved[0])
-        arq_logger.setLevel(saved[1])
+        for each, level in saved:
+            each.setLevel(level)
 
 
 def _fail(message: str) -> None:

@@ -37,7 +37,9 @@ def redis_settings_from(settings: Settings, *, conn_retries: int = 5) -> RedisSe
     """
     url = settings.redis_url or ARQ_DEFAULT_URL
     if urlsplit(url).scheme not in ("redis", "rediss"):
-        raise ConfigurationError(f"CODITECT_REDIS_URL must start with redis:// or rediss://, got {redact_url(url)}")
+        raise ConfigurationError(
+            f"CODITECT_REDIS_URL must start with redis:// or rediss://, got {redact_url(url)}"
+        )
     try:
         redis_settings = RedisSettings.from_dsn(url)
     except ValueError as err:

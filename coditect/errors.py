@@ -16,6 +16,8 @@ Provider errors are translated once, at the HTTP boundary of each provider, with
 
 from __future__ import annotations
 
+import math
+
 __all__ = [
     "BackendUnavailableError",
     "CoditectError",
@@ -117,7 +119,7 @@ def parse_retry_after(value: str | None) -> float | None:
         seconds = float(value)
     except ValueError:
         return None
-    if seconds < 0:
+    if not math.isfinite(seconds) or seconds < 0:
         return None
     return min(seconds, MAX_RETRY_AFTER_S)
 

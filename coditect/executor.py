@@ -23,7 +23,14 @@ from coditect.errors import (
 )
 from coditect.llm.base import LlmRequest, Message
 from coditect.llm.factory import LlmFactory
-from coditect.models import AgentConfig, AgentTask, ExecutionMode, ExecutionResult, ExecutionStatus, TokenUsage
+from coditect.models import (
+    AgentConfig,
+    AgentTask,
+    ExecutionMode,
+    ExecutionResult,
+    ExecutionStatus,
+    TokenUsage,
+)
 from coditect.scripts import ScriptRunner
 from coditect.settings import Settings
 
@@ -78,11 +85,16 @@ class TaskExecutor:
         clock = time.perf_counter()
         agent_name = agent or task.agent
         result = ExecutionResult(
-            task_id=task.id, status=ExecutionStatus.RUNNING, agent=agent_name, started_at=started_at,
+            task_id=task.id,
+            status=ExecutionStatus.RUNNING,
+            agent=agent_name,
+            started_at=started_at,
             worker=self.worker_name,
         )
         try:
             config = self.agents.get(agent_name)
+            if task.agent != agent_name:
+                task = task.model_copy(update={"agent": agent_name})
             chosen = self._resolve_mode(config, mode)
             result.mode = chosen
             timeout_s = min(task.timeout_s or config.timeout_s, self.settings.job_timeout_s)
@@ -113,7 +125,7 @@ class TaskExecutor:
         if mode is not None:
             if mode not in MODES:
                 raise CoditectError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-            return mode  # type: ignore[return-value]  # checked against MODES above
+            return mode
         if config.mode == "llm" and not self.settings.use_direct_llm:
             return "script"
         return config.mode
@@ -148,9 +160,11 @@ class TaskExecutor:
             raise TransientProviderError(source, f"request to {url} timed out") from err
         except httpx.TransportError as err:
             raise TransientProviderError(source, f"cannot reach {url}: {type(err).__name__}") from err
-        if response.is_error:
+        if not response.is_success:
             raise provider_error_for_status(
-                source, response.status_code, response.text[:500] or response.reason_phrase,
+                source,
+                response.status_code,
+                response.text[:500] or response.reason_phrase,
                 retry_after=response.headers.get("retry-after"),
             )
         return _parse_agent_output(response.text, provider="api")

@@ -74,7 +74,9 @@ class ResultFlusher:
                 except (RedisError, OSError) as err:
                     delay = BACKOFF_S[min(failures, len(BACKOFF_S) - 1)]
                     failures += 1
-                    logger.warning("writing %d result(s) failed (%s); retrying in %.2f s", len(batch), err, delay)
+                    logger.warning(
+                        "writing %d result(s) failed (%s); retrying in %.2f s", len(batch), err, delay
+                    )
                     await asyncio.sleep(delay)
                     continue
                 failures = 0

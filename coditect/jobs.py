@@ -34,12 +34,13 @@ from coditect.worker import adopt, calling_worker
 
 __all__ = [
     "JOB_NAME",
-    "WorkerSettings",
+    "WorkerSettings",  # noqa: F822  # built on first access by the module __getattr__ below
     "execute_task",
     "job_deserializer",
     "job_serializer",
     "retry_delay_s",
     "worker_options",
+    "worker_settings_class",
 ]
 
 logger = logging.getLogger(__name__)
@@ -57,13 +58,17 @@ async def startup(ctx: dict[str, Any]) -> None:
         ensure_worker_logging()
     settings: Settings = ctx.get(SETTINGS_KEY) or Settings()
     ctx[SETTINGS_KEY] = settings
-    ctx[EXECUTOR_KEY] = TaskExecutor(settings)
+    executor = TaskExecutor(settings)
+    executor.llm_factory.create(settings.provider)  # open the default provider's HTTP pool now
+    ctx[EXECUTOR_KEY] = executor
     worker = calling_worker()
     if worker is not None:
         adopt(worker, settings.lease_s)
     logger.info(
         "coditect worker ready: queue %s, provider %s, max_jobs %d",
-        settings.queue_name, settings.provider, settings.max_jobs,
+        settings.queue_name,
+        settings.provider,
+        settings.max_jobs,
     )
 
 
@@ -77,7 +82,7 @@ def retry_delay_s(job_try: int, retry_after_s: float | None, settings: Settings)
     """Seconds to wait before try ``job_try + 1``: the provider's retry-after, else jittered backoff."""
     if retry_after_s is not None:
         return retry_after_s
-    backoff = min(settings.retry_backoff_s * 2 ** (job_try - 1), settings.retry_backoff_max_s)
+    backoff: float = min(settings.retry_backoff_s * 2.0 ** (job_try - 1), settings.retry_backoff_max_s)
     return backoff * random.uniform(0.75, 1.0)
 
 
@@ -88,7 +93,9 @@ async def execute_task(
     settings: Settings = ctx[SETTINGS_KEY]
     job_try: int = ctx.get("job_try", 1)
     try:
-        parsed = AgentTask.model_validate_json(task) if isinstance(task, str) else AgentTask.model_validate(task)
+        parsed = (
+            AgentTask.model_validate_json(task) if isinstance(task, str) else AgentTask.model_validate(task)
+        )
     except ValidationError as err:
         return _invalid_payload(task, err, job_try).to_json_dict()
     executor: TaskExecutor = ctx[EXECUTOR_KEY]
@@ -96,7 +103,9 @@ async def execute_task(
     result.attempts = job_try
     if result.retryable and job_try < settings.max_tries:
         delay = retry_delay_s(job_try, result.retry_after_s, settings)
-        logger.info("task %s: try %d failed (%s), retrying in %.2f s", parsed.id, job_try, result.error, delay)
+        logger.info(
+            "task %s: try %d failed (%s), retrying in %.2f s", parsed.id, job_try, result.error, delay
+        )
         raise Retry(defer=delay)
     return result.to_json_dict()
 
@@ -147,26 +156,18 @@ def worker_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-_SETTINGS = Settings()
-_OPTIONS = worker_options(_SETTINGS)
+def worker_settings_class(settings: Settings) -> type:
+    """An ARQ ``WorkerSettings`` class for ``settings``, every attribute on the class itself."""
+    attributes = {**worker_options(settings), "redis_settings": redis_settings_from(settings)}
+    doc = "ARQ worker settings for coditect, read from CODITECT_* when first imported."
+    return type("WorkerSettings", (), {"__module__": __name__, "__doc__": doc, **attributes})
 
 
-class WorkerSettings:
-    """``arq coditect.jobs.WorkerSettings``: every attribute on the class itself, as ARQ reads them."""
-
-    functions = _OPTIONS["functions"]
-    queue_name = _OPTIONS["queue_name"]
-    redis_settings = redis_settings_from(_SETTINGS)
-    max_jobs = _OPTIONS["max_jobs"]
-    job_timeout = _OPTIONS["job_timeout"]
-    max_tries = _OPTIONS["max_tries"]
-    keep_result = _OPTIONS["keep_result"]
-    poll_delay = _OPTIONS["poll_delay"]
-    health_check_interval = _OPTIONS["health_check_interval"]
-    job_completion_wait = _OPTIONS["job_completion_wait"]
-    allow_abort_jobs = _OPTIONS["allow_abort_jobs"]
-    job_serializer = _OPTIONS["job_serializer"]
-    job_deserializer = _OPTIONS["job_deserializer"]
-    log_results = _OPTIONS["log_results"]
-    on_startup = _OPTIONS["on_startup"]
-    on_shutdown = _OPTIONS["on_shutdown"]
+def __getattr__(name: str) -> Any:
+    # ``arq coditect.jobs.WorkerSettings`` looks the class up by name: build it then, so that
+    # importing this module (as the orchestrator does) never reads the environment.
+    if name == "WorkerSettings":
+        cls = worker_settings_class(Settings())
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -22,6 +22,7 @@ __all__ = [
 TASK_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
 # Agent names become script file names (execute_<agent>.py): no path separators, no dots.
 AGENT_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+SCRIPT_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}\.py$"
 MAX_PROMPT_CHARS = 200_000
 
 TaskId = Annotated[str, Field(pattern=TASK_ID_PATTERN)]
@@ -100,7 +101,7 @@ class AgentConfig(BaseModel):
     max_tokens: int = Field(default=1024, ge=1, le=128_000)
     timeout_s: float = Field(default=120.0, gt=0, le=86_400)
     endpoint: HttpUrl | None = None
-    script: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}\.py$")
+    script: str | None = Field(default=None, pattern=SCRIPT_NAME_PATTERN)
 
 
 class ExecutionResult(BaseModel):
@@ -122,9 +123,10 @@ class ExecutionResult(BaseModel):
     finished_at: datetime | None = None
     duration_s: float = Field(default=0.0, ge=0)
     worker: str | None = None
-    # Set by the executor for transient provider failures, read by the queue layer to decide a retry.
-    retryable: bool = False
-    retry_after_s: float | None = Field(default=None, ge=0)
+    # Set by the executor for transient provider failures and read by the job function in the same
+    # process to decide a retry; not part of the result's JSON.
+    retryable: bool = Field(default=False, exclude=True)
+    retry_after_s: float | None = Field(default=None, ge=0, exclude=True)
 
     @property
     def succeeded(self) -> bool:

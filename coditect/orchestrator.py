@@ -52,7 +52,9 @@ def new_batch_id() -> str:
 
 
 class ProjectOrchestrator:
-    """Runs tasks on ARQ workers: ``async with ProjectOrchestrator() as orch: await orch.execute_tasks_parallel(...)``.
+    """Runs tasks on ARQ workers and gathers their results.
+
+    ``async with ProjectOrchestrator() as orch: await orch.execute_tasks_parallel(tasks)``
 
     With no Redis URL (argument or ``CODITECT_REDIS_URL``) it starts the embedded backend: an
     in-process Redis and workers on this loop. With one, it enqueues for the worker processes
@@ -60,7 +62,11 @@ class ProjectOrchestrator:
     """
 
     def __init__(
-        self, settings: Settings | None = None, *, redis_url: str | None = None, agents: AgentRegistry | None = None
+        self,
+        settings: Settings | None = None,
+        *,
+        redis_url: str | None = None,
+        agents: AgentRegistry | None = None,
     ) -> None:
         settings = settings or Settings()
         if redis_url is not None:
@@ -174,7 +180,9 @@ class ProjectOrchestrator:
         await self.store.save(BatchRecord(id=batch_id, name=name, task_ids=[task.id for task in tasks]))
         if enqueue:
             added = await self.store.enqueue(batch_id, tasks)
-            logger.info("batch %s: %d task(s) enqueued, %d already there", batch_id, added, len(tasks) - added)
+            logger.info(
+                "batch %s: %d task(s) enqueued, %d already there", batch_id, added, len(tasks) - added
+            )
         return batch_id
 
     async def _run_waves(
@@ -188,13 +196,17 @@ class ProjectOrchestrator:
         results: dict[str, ExecutionResult] = {}
         tracker = _ProgressTracker(len(tasks), on_progress)
         for wave in dependency_waves(tasks):
-            runnable, skipped = [], []
+            runnable: list[tuple[AgentTask, list[str]]] = []
+            skipped: list[tuple[AgentTask, list[str]]] = []
             for task in wave:
                 failed_deps = [dep for dep in task.depends_on if not results[dep].succeeded]
                 (skipped if failed_deps else runnable).append((task, failed_deps))
             for task, failed_deps in skipped:
                 results[task.id] = ExecutionResult(
-                    task_id=task.id, status=ExecutionStatus.CANCELLED, agent=task.agent, attempts=0,
+                    task_id=task.id,
+                    status=ExecutionStatus.CANCELLED,
+                    agent=task.agent,
+                    attempts=0,
                     error=f"not run: dependency {', '.join(failed_deps)} did not succeed",
                 )
                 tracker.finished(results[task.id])
@@ -233,7 +245,9 @@ class ProjectOrchestrator:
                 next_scan = now + FULL_CHECK_INTERVAL_S
             else:
                 wait_s = next_scan - now if deadline is None else min(next_scan, deadline) - now
-                done = [job_id for job_id in await self.store.wait_done(batch_id, wait_s) if job_id in pending]
+                done = [
+                    job_id for job_id in await self.store.wait_done(batch_id, wait_s) if job_id in pending
+                ]
                 found = await self.store.fetch_results(done) if done else {}
             for job_id, result in found.items():
                 results[pending.pop(job_id)] = result
@@ -256,11 +270,15 @@ class ProjectOrchestrator:
             if added:
                 logger.warning("batch %s: %d job(s) were lost by Redis; enqueued again", batch_id, added)
 
-    async def _expire(self, batch_id: str, pending: dict[str, str], results: dict[str, ExecutionResult]) -> None:
+    async def _expire(
+        self, batch_id: str, pending: dict[str, str], results: dict[str, ExecutionResult]
+    ) -> None:
         await self.store.cancel(list(pending), "batch timed out")
         for task_id in pending.values():
             results[task_id] = ExecutionResult(
-                task_id=task_id, status=ExecutionStatus.TIMEOUT, attempts=0,
+                task_id=task_id,
+                status=ExecutionStatus.TIMEOUT,
+                attempts=0,
                 error=f"batch {batch_id} timed out before this task finished; it was cancelled",
             )
         pending.clear()
@@ -280,24 +298,32 @@ class ProjectOrchestrator:
     async def cancel(self, batch_id: str) -> tuple[int, int]:
         """Cancel a recorded batch: queued tasks never start, running ones are aborted."""
         record = await self._record(batch_id)
-        return await self.store.cancel([job_id_for(batch_id, t) for t in record.task_ids], "cancelled by user")
+        return await self.store.cancel(
+            [job_id_for(batch_id, t) for t in record.task_ids], "cancelled by user"
+        )
 
     async def _record(self, batch_id: str) -> BatchRecord:
         record = await self.store.load(batch_id)
         if record is None:
-            raise TaskInputError(f"no batch {batch_id!r} (unknown, or its results have expired)", field="batch")
+            raise TaskInputError(
+                f"no batch {batch_id!r} (unknown, or its results have expired)", field="batch"
+            )
         return record
 
     def _lookup(self, task_id: str) -> AgentTask:
         try:
             return self._tasks[task_id]
         except KeyError:
-            raise TaskInputError(f"unknown task {task_id!r}; add it with add_tasks() first", field="id") from None
+            raise TaskInputError(
+                f"unknown task {task_id!r}; add it with add_tasks() first", field="id"
+            ) from None
 
     def _check_agent(self, task: AgentTask) -> None:
         if task.agent not in self.agents:
             known = ", ".join(self.agents.names)
-            raise TaskInputError(f"unknown agent {task.agent!r}; known agents: {known}", field=f"{task.id}.agent")
+            raise TaskInputError(
+                f"unknown agent {task.agent!r}; known agents: {known}", field=f"{task.id}.agent"
+            )
 
 
 class _ProgressTracker:
@@ -319,7 +345,9 @@ class _ProgressTracker:
     def report(self, running: int) -> None:
         if self.callback is not None:
             self._last = time.monotonic()
-            self.callback(BatchProgress(self.total, self.done, running, self.failed, self._last - self.started))
+            self.callback(
+                BatchProgress(self.total, self.done, running, self.failed, self._last - self.started)
+            )
 
 
 def check_batch(tasks: Sequence[AgentTask], agents: AgentRegistry) -> None:
@@ -332,12 +360,16 @@ def check_batch(tasks: Sequence[AgentTask], agents: AgentRegistry) -> None:
         seen.add(task.id)
         if task.agent not in agents:
             known = ", ".join(agents.names)
-            raise TaskInputError(f"unknown agent {task.agent!r}; known agents: {known}", field=f"{where}.agent")
+            raise TaskInputError(
+                f"unknown agent {task.agent!r}; known agents: {known}", field=f"{where}.agent"
+            )
     ids = {task.id for task in tasks}
     for index, task in enumerate(tasks):
         for dep in task.depends_on:
             if dep not in ids:
-                raise TaskInputError(f"depends on unknown task id {dep!r}", field=f"tasks[{index}].depends_on")
+                raise TaskInputError(
+                    f"depends on unknown task id {dep!r}", field=f"tasks[{index}].depends_on"
+                )
     dependency_waves(tasks)
 
 

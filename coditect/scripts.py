@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from coditect.errors import ConfigurationError, ScriptError
-from coditect.models import AGENT_NAME_PATTERN
+from coditect.models import AGENT_NAME_PATTERN, SCRIPT_NAME_PATTERN
 
 __all__ = ["ScriptOutput", "ScriptRunner"]
 
 logger = logging.getLogger(__name__)
 
 _AGENT_NAME = re.compile(AGENT_NAME_PATTERN)
-_SCRIPT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}\.py")  # same rule as AgentConfig.script
+_SCRIPT_NAME = re.compile(SCRIPT_NAME_PATTERN)
 _CHUNK_BYTES = 65_536
 # After SIGKILL the pipes close at once, unless a process that left the group (setsid) holds them.
 _REAP_GRACE_S = 5.0

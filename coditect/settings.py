@@ -22,7 +22,9 @@ class Settings(BaseSettings):
 
     # Queue and Redis
     redis_url: str = Field(default="", description="Empty: embedded in-process Redis (fakeredis).")
-    redis_tls_ca_file: Path | None = Field(default=None, description="CA bundle that signs the rediss:// server.")
+    redis_tls_ca_file: Path | None = Field(
+        default=None, description="CA bundle that signs the rediss:// server."
+    )
     queue_name: str = Field(default="coditect:queue", min_length=1, max_length=200)
     max_jobs: int = Field(default=100, ge=1, le=100_000, description="Tasks one worker runs at once.")
     job_timeout_s: float = Field(default=300.0, gt=0, le=86_400, description="Hard limit for one attempt.")
@@ -41,7 +43,7 @@ class Settings(BaseSettings):
         default=None, description="Default: anthropic when ANTHROPIC_API_KEY is set, else offline."
     )
     llm_model: str = Field(default="", description="Empty: the provider's default model.")
-    llm_timeout_s: float = Field(default=120.0, gt=0, le=3600, description="One provider request.")
+    llm_timeout_s: float = Field(default=60.0, gt=0, le=3600, description="One provider request.")
     llm_max_tokens: int = Field(default=1024, ge=1, le=128_000)
     anthropic_api_key: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("ANTHROPIC_API_KEY", "CODITECT_ANTHROPIC_API_KEY")
@@ -65,7 +67,8 @@ class Settings(BaseSettings):
         """The provider used when an agent names none."""
         if self.llm_provider is not None:
             return self.llm_provider
-        return "anthropic" if self.anthropic_api_key is not None else "offline"
+        key = self.anthropic_api_key
+        return "anthropic" if key is not None and key.get_secret_value() else "offline"
 
     @property
     def embedded(self) -> bool:

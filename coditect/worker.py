@@ -25,12 +25,14 @@ import contextlib
 import functools
 import logging
 import os
+import signal
 import socket
 import time
 import uuid
 from typing import Any
 
 from arq.connections import create_pool
+from arq.cron import CronJob
 from arq.jobs import serialize_result
 from arq.utils import ms_to_datetime
 from arq.worker import Function, JobExecutionFailed, Retry, RetryJob, Worker
@@ -38,6 +40,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from coditect.flusher import FinishRecord, ResultFlusher
 from coditect.keys import CLAIM_LUA, FINISH_LUA, HEARTBEAT_LUA, done_key, split_job_id, wake_channel
+from coditect.serialization import job_deserializer
 
 __all__ = ["CoditectWorker", "adopt"]
 
@@ -65,7 +68,7 @@ def calling_worker() -> Worker | None:
     return candidate if isinstance(candidate, Worker) else None
 
 
-class CoditectWorker(Worker):  # type: ignore[misc]  # arq's Worker is untyped for mypy here
+class CoditectWorker(Worker):
     """An ARQ worker that claims in batches, holds jobs by lease, and wakes on enqueue."""
 
     lease_s: float = DEFAULT_LEASE_S
@@ -84,6 +87,20 @@ class CoditectWorker(Worker):  # type: ignore[misc]  # arq's Worker is untyped f
         if self.on_startup:
             await self.on_startup(self.ctx)
         await self._run_engine()
+
+    async def close(self) -> None:
+        """Stop, let running jobs record their outcome, run ``on_shutdown``, close the pool."""
+        if not self._handle_signals:
+            self.handle_sig(signal.SIGUSR1)
+        if self._pool is None:
+            return
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        with contextlib.suppress(RedisError, OSError):
+            await self.pool.delete(self.health_check_key)
+        if self.on_shutdown:
+            await self.on_shutdown(self.ctx)
+        await self.pool.aclose(close_connection_pool=True)
+        self._pool = None
 
     async def _poll_iteration(self) -> None:
         # Reached only when ARQ's own main() runs an adopted worker: the engine takes over the loop.
@@ -116,7 +133,9 @@ class CoditectWorker(Worker):  # type: ignore[misc]  # arq's Worker is untyped f
             asyncio.create_task(self._listen_for_wakeups(), name="coditect-wakeups"),
             asyncio.create_task(self._renew_leases(), name="coditect-leases"),
         ]
-        logger.info("engine: lease %.1f s, max_jobs %d, queue %s", self.lease_s, self.max_jobs, self.queue_name)
+        logger.info(
+            "engine: lease %.1f s, max_jobs %d, queue %s", self.lease_s, self.max_jobs, self.queue_name
+        )
         try:
             await self._claim_loop()
         finally:
@@ -160,7 +179,9 @@ class CoditectWorker(Worker):  # type: ignore[misc]  # arq's Worker is untyped f
         rows = await self._claim(keys=[self.queue_name], args=[_now_ms(), self._lease_ms, limit, self._token])
         for job_id_b, payload, job_try, score, aborted in rows:
             job_id = job_id_b.decode()
-            task = asyncio.create_task(self._run_claimed(job_id, payload, int(job_try), int(float(score)), aborted))
+            task = asyncio.create_task(
+                self._run_claimed(job_id, payload, int(job_try), int(float(score)), aborted)
+            )
             self.tasks[job_id] = task
             task.add_done_callback(functools.partial(self._job_done, job_id))
         return len(rows)
@@ -228,16 +249,18 @@ class CoditectWorker(Worker):  # type: ignore[misc]  # arq's Worker is untyped f
         started_ms = _now_ms()
         if not payload:
             self.jobs_failed += 1
-            return self._done(job_id, "<unknown>", job_try, 0, False, JobExecutionFailed("job expired"), started_ms)
+            return self._done(
+                job_id, "<unknown>", job_try, 0, False, JobExecutionFailed("job expired"), started_ms
+            )
         try:
-            job = self.job_deserializer(payload)
+            job = (self.job_deserializer or job_deserializer)(payload)
             name, args, kwargs, enqueued_ms = job["f"], job["a"], job["k"], job["et"]
         except Exception as err:
             logger.warning("job %s: payload is not a coditect JSON job (%s); not executed", job_id, err)
             self.jobs_failed += 1
             error = JobExecutionFailed(f"unreadable job payload, not executed: {err}")
             return self._done(job_id, "<unknown>", job_try, 0, False, error, started_ms)
-        function: Function | None = self.functions.get(name)
+        function = self.functions.get(name)
         if function is None:
             self.jobs_failed += 1
             error = JobExecutionFailed(f"function {name!r} not found")
@@ -273,7 +296,9 @@ class CoditectWorker(Worker):  # type: ignore[misc]  # arq's Worker is untyped f
             if job_id in self.aborting_tasks:
                 self.aborting_tasks.discard(job_id)
                 self.jobs_failed += 1
-                return self._done(job_id, name, job_try, enqueued_ms, False, asyncio.CancelledError(), started_ms)
+                return self._done(
+                    job_id, name, job_try, enqueued_ms, False, asyncio.CancelledError(), started_ms
+                )
             # The worker is shutting down: put the job back for another worker, now.
             inner.cancel()
             self.jobs_retried += 1
@@ -299,13 +324,15 @@ class CoditectWorker(Worker):  # type: ignore[misc]  # arq's Worker is untyped f
         success: bool,
         result: Any,
         started_ms: int,
-        function: Function | None = None,
+        function: Function | CronJob | None = None,
     ) -> FinishRecord:
         """A final record in ARQ's result format (arguments left out: they are in the job already)."""
         keep_forever = self.keep_result_forever
         keep_s = self.keep_result_s
         if function is not None:
-            keep_forever = keep_forever if function.keep_result_forever is None else function.keep_result_forever
+            keep_forever = (
+                keep_forever if function.keep_result_forever is None else function.keep_result_forever
+            )
             keep_s = keep_s if function.keep_result_s is None else function.keep_result_s
         payload = serialize_result(
             function_name, (), {}, job_try, enqueued_ms, success, result, started_ms, _now_ms(),

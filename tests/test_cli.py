@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import queue
@@ -24,9 +25,6 @@ from coditect.cli import DEMO_TASKS, main
 from coditect.models import ExecutionResult, ExecutionStatus, TokenUsage
 from coditect.orchestrator import BatchProgress
 from coditect.render import excerpt, progress_line, results_table, status_counts, summary_line
-
-# ARQ 0.28's Worker.close() calls redis-py's deprecated close(); nothing coditect can change here.
-pytestmark = pytest.mark.filterwarnings("ignore:Call to deprecated close:DeprecationWarning")
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 HEAVY_MODULES = ("arq", "anthropic", "pydantic", "pydantic_settings", "redis", "fakeredis", "httpx")
@@ -103,6 +101,28 @@ def test_demo_prints_a_table_with_the_demo_latency(capsys: pytest.CaptureFixture
         assert re.search(r"\d+\+\d+", row)
     assert "[offline offline-1 #" in out
     assert re.search(r"^6 tasks: 6 succeeded in \d+\.\d s$", out, re.MULTILINE)
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_is_one_line_rewritten_on_a_terminal(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CODITECT_OFFLINE_LATENCY_S", "0.05")
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main(["demo"]) == 0
+    drawn = terminal.getvalue()
+    assert "\n" not in drawn
+    frames = [frame.strip() for frame in drawn.split("\r") if frame.strip()]
+    assert frames
+    assert all(re.fullmatch(r"\d/6 done · \d running · 0 failed · \d+\.\ds", frame) for frame in frames)
+    assert frames[-1].startswith("6/6 done")
+    assert drawn.endswith("\r")  # the line is wiped before the table is printed
+    assert "6 tasks: 6 succeeded" in capsys.readouterr().out
 
 
 def test_run_embedded_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -250,7 +270,6 @@ def test_run_missing_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) ->
             ["run", "x.json", "--timeout", "-1"], "positive number of seconds", id="negative-timeout"
         ),
         pytest.param(["run", "x.json", "--timeout", "nan"], "positive number of seconds", id="nan-timeout"),
-        pytest.param(["run", "x.json", "--batch-id", "a b"], "invalid batch id", id="bad-batch-id"),
         pytest.param(["frobnicate"], "invalid choice", id="unknown-command"),
     ],
 )
@@ -261,6 +280,13 @@ def test_usage_errors_exit_2_with_one_line(
     out, err = capsys.readouterr()
     assert out == ""
     assert expected in single_error_line(err)
+
+
+def test_bad_batch_id_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["run", str(write_batch(tmp_path, SIMPLE_BATCH)), "--batch-id", "a b"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "batch_id: " in single_error_line(err)
 
 
 def test_invalid_setting_exits_2(
@@ -291,6 +317,20 @@ def test_shared_redis_commands_need_a_url(capsys: pytest.CaptureFixture[str], ar
     line = single_error_line(err)
     assert "CODITECT_REDIS_URL" in line
     assert "--redis-url" in line
+
+
+@pytest.mark.parametrize("command", ["run", "worker", "submit", "status"])
+def test_redis_url_that_is_not_redis_exits_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, command: str
+) -> None:
+    batch_file = str(write_batch(tmp_path, SIMPLE_BATCH))
+    target = {"run": [batch_file], "submit": [batch_file], "status": ["b-1"], "worker": []}[command]
+    assert main([command, *target, "--redis-url", "http://user:secret@example.invalid/"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    line = single_error_line(err)
+    assert "must start with redis:// or rediss://" in line
+    assert "secret" not in line
 
 
 def test_run_against_unreachable_redis_exits_2_quickly(
@@ -609,30 +649,46 @@ def test_run_and_watch_with_a_worker_process_then_sigterm(
     client.close()
 
 
-def test_sigint_during_a_job_stops_cleanly_and_requeues_it(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, redis_url: str
+def test_sigint_during_a_job_stops_at_once_and_requeues_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import redis
 
-    worker = WorkerProcess(redis_url, {"CODITECT_OFFLINE_LATENCY_S": "60"})
+    # A script agent that tells the test, through a FIFO, that it is running, then takes a minute.
+    fifo = tmp_path / "started.fifo"
+    os.mkfifo(fifo)
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    (scripts / "execute_slow.py").write_text(
+        f"import sys, time\nsys.stdin.read()\nopen({str(fifo)!r}, 'w').write('started\\n')\ntime.sleep(60)\n"
+    )
+    agents = tmp_path / "agents.json"
+    agents.write_text(json.dumps({"agents": [{"name": "slow", "mode": "script"}]}))
+    monkeypatch.setenv("CODITECT_AGENTS_FILE", str(agents))
+    monkeypatch.setenv("CODITECT_SCRIPTS_DIR", str(scripts))
+    started: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: started.put(fifo.read_text()), daemon=True).start()
+
+    worker = WorkerProcess(redis_url, {"CODITECT_SHUTDOWN_GRACE_S": "0"})
     try:
         worker.wait_for("coditect worker ready")
-        batch_id = submit(
-            capsys, write_batch(tmp_path, [{"id": "slow", "title": "Takes a minute"}]), redis_url
-        )
-        job_id = f"coditect:{batch_id}:slow"
-        worker.wait_for(f"→ {job_id}")
-        started = time.monotonic()
+        batch = [{"id": "slow", "title": "Takes a minute", "agent": "slow"}]
+        batch_id = submit(capsys, write_batch(tmp_path, batch), redis_url)
+        assert started.get(timeout=30) == "started\n"
+        code, status = status_json(capsys, batch_id, redis_url)
+        assert (code, status["counts"]["running"]) == (1, 1)
+        stopping = time.monotonic()
         code, stderr = worker.stop(signal.SIGINT)
-        assert time.monotonic() - started < 20
+        assert time.monotonic() - stopping < 20
     finally:
         worker.close()
     assert code == 0, stderr
     assert "Traceback" not in stderr
-    client = redis.Redis.from_url(redis_url)
-    assert client.zscore("coditect:queue", job_id) is not None  # back in the queue for the next worker
-    assert not client.exists(f"arq:result:{job_id}")
-    client.close()
+    assert "worker stopped by a signal" in stderr
+    # The job is not lost and not failed: it waits in the queue for the next worker.
     code, status = status_json(capsys, batch_id, redis_url)
     assert code == 1
     assert status["counts"]["queued"] == 1
+    client = redis.Redis.from_url(redis_url)
+    assert not client.exists(f"arq:result:coditect:{batch_id}:slow")
+    client.close()

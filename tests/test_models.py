@@ -101,22 +101,24 @@ def test_execution_result_round_trips_with_datetimes_and_usage() -> None:
     assert again.succeeded
 
 
-def test_failed_result_round_trips_with_retry_hint() -> None:
+def test_the_retry_hint_stays_in_process_and_out_of_the_json() -> None:
     result = ExecutionResult(
         task_id="t2", status="failed", error="api (HTTP 429): rate limited", retryable=True, retry_after_s=3
     )
 
+    data = result.to_json_dict()
     again = ExecutionResult.model_validate_json(result.model_dump_json())
 
-    assert again == result
-    assert again.retry_after_s == 3
+    assert "retryable" not in data
+    assert "retry_after_s" not in data
+    assert again == result.model_copy(update={"retryable": False, "retry_after_s": None})
     assert not again.succeeded
 
 
 def test_result_json_has_the_contract_keys_and_lower_case_status() -> None:
     data = ExecutionResult(task_id="t1", status=ExecutionStatus.TIMEOUT).to_json_dict()
 
-    assert set(data) >= CONTRACT_RESULT_KEYS
+    assert set(data) == CONTRACT_RESULT_KEYS
     assert set(data["usage"]) == {"input_tokens", "output_tokens"}
     assert data["status"] == "timeout"
 

@@ -195,11 +195,6 @@ def test_explicit_provider_wins_over_the_key_rule(monkeypatch: pytest.MonkeyPatc
     assert load().provider == explicit
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: coditect/settings.py Settings.provider (and env_ignore_empty=False in model_config): "
-    "an empty ANTHROPIC_API_KEY= becomes SecretStr('') and selects anthropic instead of offline",
-)
 def test_an_empty_anthropic_key_counts_as_no_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", "")
 

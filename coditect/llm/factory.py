@@ -38,7 +38,9 @@ class LlmFactory:
         self._check_open()
         if self._http is None:
             self._http = httpx.AsyncClient(
-                timeout=httpx.Timeout(self.settings.llm_timeout_s, connect=10.0),
+                timeout=httpx.Timeout(
+                    self.settings.llm_timeout_s, connect=min(10.0, self.settings.llm_timeout_s)
+                ),
                 limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
             )
         return self._http
@@ -53,6 +55,7 @@ class LlmFactory:
 
     def create(self, provider: str | None = None, model: str | None = None) -> BaseLlm:
         """A provider bound to ``model`` (default: ``CODITECT_LLM_MODEL``, then the provider's own)."""
+        self._check_open()
         name = provider or self.settings.provider
         model = model or self.settings.llm_model or None
         if name == "offline":
@@ -96,5 +99,3 @@ class LlmFactory:
 
     def __repr__(self) -> str:
         return f"<LlmFactory default={self.settings.provider!r}>"
-
-

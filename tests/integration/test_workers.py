@@ -38,7 +38,9 @@ async def test_three_two_second_tasks_on_one_worker_take_under_three_seconds(
     assert {r.worker for r in results} == {f"{r.worker.split(':')[0]}:{worker.pid}" for r in results}
 
 
-async def test_a_batch_spreads_over_three_workers(real_settings: Settings, start_workers: StartWorkers) -> None:
+async def test_a_batch_spreads_over_three_workers(
+    real_settings: Settings, start_workers: StartWorkers
+) -> None:
     workers = await start_workers(3, CODITECT_OFFLINE_LATENCY_S="0.2", CODITECT_MAX_JOBS="4")
     async with ProjectOrchestrator(real_settings) as orch:
         results = await orch.execute_tasks_parallel(tasks(36))
@@ -53,7 +55,9 @@ async def test_tasks_submitted_from_another_process_are_read_back(
 ) -> None:
     await start_workers(1)
     batch_file = tmp_path / "batch.json"
-    batch_file.write_text(json.dumps({"name": "remote", "tasks": [{"id": "a", "title": "A"}, {"id": "b", "title": "B"}]}))
+    batch_file.write_text(
+        json.dumps({"name": "remote", "tasks": [{"id": "a", "title": "A"}, {"id": "b", "title": "B"}]})
+    )
     submit = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "coditect", "submit", str(batch_file), "--batch-id", "remote-1", "--json",
         env=worker_env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,

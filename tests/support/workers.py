@@ -42,7 +42,8 @@ class WorkerProcess:
         return self
 
     async def _read(self) -> None:
-        assert self.process is not None and self.process.stderr is not None
+        assert self.process is not None
+        assert self.process.stderr is not None
         async for raw in self.process.stderr:
             line = raw.decode(errors="replace").rstrip()
             self.lines.append(line)
