@@ -143,7 +143,9 @@ class TaskExecutor:
         llm = self.llm_factory.create(config.provider, config.model)
         response = await llm.generate_content_async(
             [Message("user", task.prompt)],
-            LlmRequest(system=config.system_prompt, max_tokens=config.max_tokens),
+            LlmRequest(
+                system=config.system_prompt, max_tokens=config.max_tokens or self.settings.llm_max_tokens
+            ),
         )
         return _Output(response.text, response.provider, response.model, response.usage)
 

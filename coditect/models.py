@@ -98,7 +98,9 @@ class AgentConfig(BaseModel):
     provider: ProviderName | None = None
     model: str | None = Field(default=None, min_length=1, max_length=200)
     system_prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
-    max_tokens: int = Field(default=1024, ge=1, le=128_000)
+    max_tokens: int | None = Field(
+        default=None, ge=1, le=128_000, description="None: CODITECT_LLM_MAX_TOKENS."
+    )
     timeout_s: float = Field(default=120.0, gt=0, le=86_400)
     endpoint: HttpUrl | None = None
     script: str | None = Field(default=None, pattern=SCRIPT_NAME_PATTERN)
