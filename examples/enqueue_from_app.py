@@ -1,6 +1,6 @@
 """Enqueue tasks from your own async app and await their results (run `coditect worker` elsewhere).
 
-    CODITECT_REDIS_URL=redis://localhost:6379 python examples/enqueue_from_app.py
+CODITECT_REDIS_URL=redis://localhost:6379 python examples/enqueue_from_app.py
 """
 
 import asyncio

@@ -1,6 +1,6 @@
 """An app that already uses ARQ enqueues coditect's job by name and reads the result with Job.result().
 
-    CODITECT_REDIS_URL=redis://localhost:6379 python examples/plain_arq_client.py
+CODITECT_REDIS_URL=redis://localhost:6379 python examples/plain_arq_client.py
 """
 
 import asyncio
