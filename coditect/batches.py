@@ -68,11 +68,15 @@ class BatchStore:
         raw = await self.redis.get(BATCH_KEY_PREFIX + batch_id)
         return None if raw is None else BatchRecord.model_validate_json(raw)
 
-    async def enqueue(self, batch_id: str, tasks: Sequence[AgentTask]) -> int:
-        """Enqueue ``tasks`` in one pipelined round trip; returns how many were new."""
+    async def enqueue(
+        self, batch_id: str, tasks: Sequence[AgentTask], *, record: BatchRecord | None = None
+    ) -> int:
+        """Enqueue ``tasks`` (and save ``record``) in one pipelined round trip; returns how many were new."""
         now = _now_ms()
         expiry_ms = max(self.keep_result_s * 1000, MIN_JOB_EXPIRY_MS)
         async with self.redis.pipeline(transaction=False) as pipe:
+            if record is not None:
+                pipe.set(BATCH_KEY_PREFIX + record.id, record.model_dump_json(), ex=self.keep_result_s)
             for chunk in _chunks(tasks):
                 args: list[Any] = [now, expiry_ms, wake_channel(self.queue_name)]
                 for task in chunk:
@@ -81,8 +85,8 @@ class BatchStore:
                     )
                     args += [job_id_for(batch_id, task.id), payload]
                 await self._enqueue(keys=[self.queue_name], args=args, client=pipe)
-            added = await pipe.execute()
-        return sum(added)
+            replies = await pipe.execute()
+        return sum(replies[1:] if record is not None else replies)
 
     async def fetch_results(self, job_ids: Sequence[str]) -> dict[str, ExecutionResult]:
         """Results of whichever of ``job_ids`` have finished, in one round trip."""
@@ -97,14 +101,18 @@ class BatchStore:
                 found[job_id] = result_from_arq(raw, job_id)
         return found
 
-    async def wait_done(self, batch_id: str, timeout_s: float) -> list[str]:
-        """Block up to ``timeout_s`` until workers report finished jobs of the batch; their job ids."""
+    async def wait_done(self, batch_id: str, timeout_s: float, *, expected: int = CHUNK) -> list[str]:
+        """Block up to ``timeout_s`` until workers report finished jobs of the batch; their job ids.
+
+        ``expected`` is how many reports can still come: with one, a single blocking pop suffices.
+        """
         key = done_key(batch_id)
         # BLPOP takes fractional seconds since Redis 6; redis-py's hint says int.
         first = await self.redis.blpop([key], timeout=max(timeout_s, 0.001))  # type: ignore[arg-type,misc]
         if first is None:
             return []
-        rest = await self.redis.lpop(key, CHUNK) or []  # type: ignore[misc]
+        rest = await self.redis.lpop(key, min(expected, CHUNK)) if expected > 1 else []  # type: ignore[misc]
+        rest = rest or []
         return [first[1].decode(), *(job_id.decode() for job_id in rest)]
 
     async def missing(self, job_ids: Sequence[str]) -> list[str]:

@@ -300,7 +300,6 @@ async def _cmd_cancel(args: argparse.Namespace) -> int:
 
 async def _cmd_watch(args: argparse.Namespace) -> int:
     from coditect.errors import TaskInputError
-    from coditect.orchestrator import _ProgressTracker
 
     async with _orchestrator(_load_settings(args), command="watch", shared=True) as orch:
         record = await orch.store.load(args.batch)
@@ -309,8 +308,7 @@ async def _cmd_watch(args: argparse.Namespace) -> int:
                 f"no batch {args.batch!r} (unknown, or its results have expired)", field="batch"
             )
         with _progress(not args.json) as on_progress:
-            tracker = _ProgressTracker(len(record.task_ids), on_progress)
-            found = await orch.wait(args.batch, record.task_ids, tracker=tracker)
+            found = await orch.wait(args.batch, record.task_ids, on_progress=on_progress)
     return _print_results([found[task_id] for task_id in record.task_ids], as_json=args.json)
 
 

@@ -161,37 +161,39 @@ class ProjectOrchestrator:
         on_progress: ProgressCallback | None = None,
     ) -> list[ExecutionResult]:
         """Submit a batch and wait for it. Tasks run in dependency waves (``depends_on``)."""
-        batch_id = await self.submit(tasks, batch_id=batch_id, name=name, enqueue=False)
-        return await self._run_waves(batch_id, tasks, timeout_s, on_progress)
+        record = self._new_record(tasks, batch_id, name)
+        return await self._run_waves(record, tasks, timeout_s, on_progress)
 
-    async def submit(
-        self, tasks: Sequence[AgentTask], *, batch_id: str | None = None, name: str = "", enqueue: bool = True
-    ) -> str:
+    async def submit(self, tasks: Sequence[AgentTask], *, batch_id: str | None = None, name: str = "") -> str:
         """Record a batch and enqueue it; returns the batch id. Nothing is enqueued if any task is invalid."""
-        check_batch(tasks, self.agents)
-        if enqueue and any(task.depends_on for task in tasks):
+        record = self._new_record(tasks, batch_id, name)
+        if any(task.depends_on for task in tasks):
             raise TaskInputError(
                 "tasks with depends_on run only while the submitter waits; use 'coditect run' or run_batch",
                 field="depends_on",
             )
+        added = await self.store.enqueue(record.id, tasks, record=record)
+        logger.info("batch %s: %d task(s) enqueued, %d already there", record.id, added, len(tasks) - added)
+        return record.id
+
+    def _new_record(self, tasks: Sequence[AgentTask], batch_id: str | None, name: str) -> BatchRecord:
+        check_batch(tasks, self.agents)
         batch_id = batch_id or new_batch_id()
         if not BATCH_ID_PATTERN.match(batch_id):
-            raise TaskInputError("use 1-64 letters, digits, '_', '.' or '-'", field="batch_id")
-        await self.store.save(BatchRecord(id=batch_id, name=name, task_ids=[task.id for task in tasks]))
-        if enqueue:
-            added = await self.store.enqueue(batch_id, tasks)
-            logger.info(
-                "batch %s: %d task(s) enqueued, %d already there", batch_id, added, len(tasks) - added
+            raise TaskInputError(
+                f"{batch_id!r} is not a batch id: use 1-64 letters, digits, '_', '.' or '-'", field="batch_id"
             )
-        return batch_id
+        return BatchRecord(id=batch_id, name=name, task_ids=[task.id for task in tasks])
 
     async def _run_waves(
         self,
-        batch_id: str,
+        record: BatchRecord,
         tasks: Sequence[AgentTask],
         timeout_s: float | None,
         on_progress: ProgressCallback | None,
     ) -> list[ExecutionResult]:
+        batch_id = record.id
+        unsaved: BatchRecord | None = record
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         results: dict[str, ExecutionResult] = {}
         tracker = _ProgressTracker(len(tasks), on_progress)
@@ -211,10 +213,17 @@ class ProjectOrchestrator:
                 )
                 tracker.finished(results[task.id])
             wave_tasks = [task for task, _ in runnable]
-            await self.store.enqueue(batch_id, wave_tasks)
-            wave_ids = [task.id for task in wave_tasks]
+            added = await self.store.enqueue(batch_id, wave_tasks, record=unsaved)
+            unsaved = None
             results.update(
-                await self.wait(batch_id, wave_ids, deadline=deadline, tracker=tracker, resubmit=wave_tasks)
+                await self.wait(
+                    batch_id,
+                    [task.id for task in wave_tasks],
+                    deadline=deadline,
+                    resubmit=wave_tasks,
+                    fresh=added == len(wave_tasks),
+                    _tracker=tracker,
+                )
             )
         return [results[task.id] for task in tasks]
 
@@ -224,19 +233,22 @@ class ProjectOrchestrator:
         task_ids: Sequence[str],
         *,
         deadline: float | None = None,
-        tracker: _ProgressTracker | None = None,
+        on_progress: ProgressCallback | None = None,
         resubmit: Sequence[AgentTask] = (),
+        fresh: bool = False,
+        _tracker: _ProgressTracker | None = None,
     ) -> dict[str, ExecutionResult]:
         """Await the tasks' results: block on the batch's done list, with a full check every second.
 
         The full check also finds jobs that Redis lost (restarted without persistence) and enqueues
-        those of ``resubmit`` again.
+        those of ``resubmit`` again. ``fresh`` says every task was just enqueued, so none can have
+        finished yet and the first full check can wait. ``deadline`` is a ``time.monotonic()`` value.
         """
-        tracker = tracker or _ProgressTracker(len(task_ids), None)
+        tracker = _tracker or _ProgressTracker(len(task_ids), on_progress)
         pending = {job_id_for(batch_id, task_id): task_id for task_id in task_ids}
         by_job_id = {job_id_for(batch_id, task.id): task for task in resubmit}
         results: dict[str, ExecutionResult] = {}
-        next_scan = 0.0
+        next_scan = time.monotonic() + FULL_CHECK_INTERVAL_S if fresh else 0.0
         while pending:
             now = time.monotonic()
             if now >= next_scan:
@@ -245,9 +257,8 @@ class ProjectOrchestrator:
                 next_scan = now + FULL_CHECK_INTERVAL_S
             else:
                 wait_s = next_scan - now if deadline is None else min(next_scan, deadline) - now
-                done = [
-                    job_id for job_id in await self.store.wait_done(batch_id, wait_s) if job_id in pending
-                ]
+                reported = await self.store.wait_done(batch_id, wait_s, expected=len(pending))
+                done = [job_id for job_id in reported if job_id in pending]
                 found = await self.store.fetch_results(done) if done else {}
             for job_id, result in found.items():
                 results[pending.pop(job_id)] = result
@@ -257,7 +268,7 @@ class ProjectOrchestrator:
             if tracker.due():
                 tracker.report(await self.store.count_running(list(pending)))
             if deadline is not None and time.monotonic() >= deadline:
-                await self._expire(batch_id, pending, results)
+                await self._expire(batch_id, pending, results, by_job_id)
         tracker.report(0)
         return results
 
@@ -271,12 +282,18 @@ class ProjectOrchestrator:
                 logger.warning("batch %s: %d job(s) were lost by Redis; enqueued again", batch_id, added)
 
     async def _expire(
-        self, batch_id: str, pending: dict[str, str], results: dict[str, ExecutionResult]
+        self,
+        batch_id: str,
+        pending: dict[str, str],
+        results: dict[str, ExecutionResult],
+        tasks: dict[str, AgentTask],
     ) -> None:
         await self.store.cancel(list(pending), "batch timed out")
-        for task_id in pending.values():
+        for job_id, task_id in pending.items():
+            task = tasks.get(job_id)
             results[task_id] = ExecutionResult(
                 task_id=task_id,
+                agent=task.agent if task is not None else "",
                 status=ExecutionStatus.TIMEOUT,
                 attempts=0,
                 error=f"batch {batch_id} timed out before this task finished; it was cancelled",
