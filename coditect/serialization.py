@@ -48,13 +48,18 @@ def _decode(obj: dict[str, Any]) -> Any:
     return obj
 
 
+# One encoder and one decoder for the process: json.dumps/loads with hooks build new ones per call.
+_ENCODER = json.JSONEncoder(default=_encode, separators=(",", ":"), ensure_ascii=False)
+_DECODER = json.JSONDecoder(object_hook=_decode)
+
+
 def job_serializer(obj: Any) -> bytes:
     """Serialize a job or result dict to compact UTF-8 JSON."""
-    return json.dumps(obj, default=_encode, separators=(",", ":"), ensure_ascii=False).encode()
+    return _ENCODER.encode(obj).encode()
 
 
 def job_deserializer(data: bytes) -> Any:
     """Read JSON written by ``job_serializer``; refuse anything else (a pickle in particular)."""
     if data[:1] and data[0] == _PICKLE_PROTOCOL_MARK:
         raise ValueError("refusing a pickle payload: coditect jobs and results are JSON")
-    return json.loads(data, object_hook=_decode)
+    return _DECODER.decode(data.decode() if isinstance(data, bytes | bytearray) else data)

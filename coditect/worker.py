@@ -281,11 +281,12 @@ class CoditectWorker(Worker):
         if self.on_job_start:
             await self.on_job_start(ctx)
         timeout_s = self.job_timeout_s if function.timeout_s is None else function.timeout_s
-        inner = asyncio.create_task(function.coroutine(ctx, *args, **kwargs))
-        self.job_tasks[job_id] = inner
+        this_task = asyncio.current_task()
+        assert this_task is not None
+        self.job_tasks[job_id] = this_task  # what ARQ's abort check cancels
         try:
             async with asyncio.timeout(timeout_s):
-                result = await inner
+                result = await function.coroutine(ctx, *args, **kwargs)
         except Retry as err:
             self.jobs_retried += 1
             return FinishRecord("again", job_id, _now_ms() + (err.defer_score or 0))
@@ -293,6 +294,7 @@ class CoditectWorker(Worker):
             self.jobs_retried += 1
             return FinishRecord("again", job_id, _now_ms())
         except asyncio.CancelledError:
+            this_task.uncancel()  # handled here: the job's outcome must still be recorded
             if job_id in self.aborting_tasks:
                 self.aborting_tasks.discard(job_id)
                 self.jobs_failed += 1
@@ -300,7 +302,6 @@ class CoditectWorker(Worker):
                     job_id, name, job_try, enqueued_ms, False, asyncio.CancelledError(), started_ms
                 )
             # The worker is shutting down: put the job back for another worker, now.
-            inner.cancel()
             self.jobs_retried += 1
             logger.info("job %s cancelled by shutdown, back in the queue", job_id)
             return FinishRecord("again", job_id, _now_ms())
