@@ -7,6 +7,7 @@ the task (``coditect:<batch>:<task>``): enqueueing the same task of the same bat
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -172,7 +173,7 @@ def result_from_arq(raw: bytes, job_id: str) -> ExecutionResult:
     task_id = parts[1] if parts else job_id
     try:
         data = job_deserializer(raw)
-        value, tries = data["r"], int(data.get("t") or 1)
+        value, tries = data["r"], int(data["t"] if data.get("t") is not None else 1)
     except (ValueError, KeyError, TypeError) as err:
         return ExecutionResult(
             task_id=task_id, status=ExecutionStatus.FAILED, error=f"unreadable result: {err}"
@@ -190,18 +191,24 @@ def result_from_arq(raw: bytes, job_id: str) -> ExecutionResult:
     status = ExecutionStatus.FAILED
     if isinstance(value, RemoteJobError) and value.error_type == "TimeoutError":
         status = ExecutionStatus.TIMEOUT
-    elif isinstance(value, RemoteJobError) and value.error_type == "CancelledError":
+    elif isinstance(value, asyncio.CancelledError):
         status = ExecutionStatus.CANCELLED
     started, finished = data.get("st"), data.get("ft")
     return ExecutionResult(
         task_id=task_id,
         status=status,
-        error=str(value) if value is not None else "job failed without an error message",
+        error=_error_text(value),
         attempts=tries,
         started_at=_from_ms(started),
         finished_at=_from_ms(finished),
         duration_s=max(0.0, (finished - started) / 1000) if started and finished else 0.0,
     )
+
+
+def _error_text(value: Any) -> str:
+    if isinstance(value, asyncio.CancelledError):
+        return f"CancelledError: {value}" if str(value) else "CancelledError"
+    return str(value) if value is not None else "job failed without an error message"
 
 
 def _from_ms(value: Any) -> datetime | None:

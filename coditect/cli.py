@@ -448,7 +448,7 @@ def _logging(command: str) -> Iterator[None]:
 
     Other libraries stay at WARNING (httpx would log every provider request at INFO).
     """
-    from coditect.logs import FORMAT
+    from coditect.logs import FORMAT, SecretsFilter
 
     root, arq_logger, own_logger = (
         logging.getLogger(),
@@ -457,6 +457,7 @@ def _logging(command: str) -> Iterator[None]:
     )
     saved = [(each, each.level) for each in (root, arq_logger, own_logger)]
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(SecretsFilter())
     root.setLevel(logging.WARNING)
     if command == "worker":
         handler.setFormatter(logging.Formatter(FORMAT, "%H:%M:%S"))

@@ -21,10 +21,10 @@ import logging
 import random
 from typing import Any
 
-from arq.worker import Retry, func
+from arq.worker import Retry, Worker, func
 from pydantic import ValidationError
 
-from coditect.connections import redis_settings_from
+from coditect.connections import SentinelArqRedis, close_pool, create_arq_pool, redis_settings_from
 from coditect.executor import TaskExecutor
 from coditect.logs import ensure_worker_logging
 from coditect.models import AgentTask, ExecutionResult, ExecutionStatus
@@ -54,22 +54,40 @@ EMBEDDED_KEY = "coditect_embedded"
 
 async def startup(ctx: dict[str, Any]) -> None:
     """Create the worker's one TaskExecutor (and so its one HTTP pool)."""
-    if not ctx.get(EMBEDDED_KEY):
-        ensure_worker_logging()
     settings: Settings = ctx.get(SETTINGS_KEY) or Settings()
     ctx[SETTINGS_KEY] = settings
     executor = TaskExecutor(settings)
     executor.llm_factory.create(settings.provider)  # open the default provider's HTTP pool now
     ctx[EXECUTOR_KEY] = executor
+    if not ctx.get(EMBEDDED_KEY):
+        ensure_worker_logging()  # after the SDK import, which may add handlers of its own
     worker = calling_worker()
     if worker is not None:
         adopt(worker, settings.lease_s)
+        await _replace_arq_sentinel_pool(worker, ctx)
     logger.info(
         "coditect worker ready: queue %s, provider %s, max_jobs %d",
         settings.queue_name,
         settings.provider,
         settings.max_jobs,
     )
+
+
+async def _replace_arq_sentinel_pool(worker: Worker, ctx: dict[str, Any]) -> None:
+    """Under ``arq coditect.jobs.WorkerSettings`` ARQ opened the pool; its Sentinel pool has no
+    connect timeout and leaves its sentinel connections open, so swap in coditect's."""
+    redis_settings = worker.redis_settings
+    if redis_settings is None or not redis_settings.sentinel or isinstance(worker.pool, SentinelArqRedis):
+        return
+    arq_pool = worker.pool
+    worker._pool = ctx["redis"] = await create_arq_pool(
+        redis_settings,
+        job_serializer=worker.job_serializer,
+        job_deserializer=worker.job_deserializer,
+        default_queue_name=worker.queue_name,
+        expires_extra_ms=worker.expires_extra_ms,
+    )
+    await close_pool(arq_pool)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:

@@ -75,22 +75,32 @@ return added
 
 # KEYS: queue. ARGV: now ms, lease ms, max jobs, worker token.
 # Claims up to max due jobs nobody holds. Returns {id, payload, try, score, aborted} per job.
+# Due jobs held by someone else (a plain ARQ worker keeps a running job's score) are stepped over,
+# reading at most ten pages of the queue head per call (a claimed job leaves the due range).
 CLAIM_LUA = """
 local now = tonumber(ARGV[1])
 local lease = tonumber(ARGV[2])
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
+local want = tonumber(ARGV[3])
 local claimed = {}
-for _, id in ipairs(ids) do
-  if redis.call('EXISTS', 'arq:in-progress:' .. id) == 0 then
-    local score = redis.call('ZSCORE', KEYS[1], id)
-    local payload = redis.call('GET', 'arq:job:' .. id) or ''
-    local try = redis.call('INCR', 'arq:retry:' .. id)
-    redis.call('EXPIRE', 'arq:retry:' .. id, 88400)
-    redis.call('PSETEX', 'arq:in-progress:' .. id, lease, ARGV[4])
-    redis.call('ZADD', KEYS[1], now + lease, id)
-    local aborted = redis.call('ZREM', 'arq:abort', id)
-    claimed[#claimed + 1] = {id, payload, try, score, aborted}
+local held = 0
+for _ = 1, 10 do
+  local page = want - #claimed
+  local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', held, page)
+  for _, id in ipairs(ids) do
+    if redis.call('EXISTS', 'arq:in-progress:' .. id) == 0 then
+      local score = redis.call('ZSCORE', KEYS[1], id)
+      local payload = redis.call('GET', 'arq:job:' .. id) or ''
+      local try = redis.call('INCR', 'arq:retry:' .. id)
+      redis.call('EXPIRE', 'arq:retry:' .. id, 88400)
+      redis.call('SET', 'arq:in-progress:' .. id, ARGV[4], 'PX', lease)
+      redis.call('ZADD', KEYS[1], now + lease, id)
+      local aborted = redis.call('ZREM', 'arq:abort', id)
+      claimed[#claimed + 1] = {id, payload, try, score, aborted}
+    else
+      held = held + 1
+    end
   end
+  if #claimed >= want or #ids < page then break end
 end
 return claimed
 """

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from arq.connections import ArqRedis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from coditect.agents import AgentRegistry
 from coditect.batches import BatchRecord, BatchStore, job_id_for
@@ -27,6 +32,14 @@ logger = logging.getLogger(__name__)
 PROGRESS_INTERVAL_S = 0.2
 FULL_CHECK_INTERVAL_S = 1.0
 BATCH_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# While a batch is awaited, Redis may restart or drop connections: try again with backoff, and give
+# up only once it has been unreachable this long.
+REDIS_BACKOFF_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
+REDIS_OUTAGE_LIMIT_S = 60.0
+# NoScriptError: a failed-over Redis has not seen our scripts yet; sending again loads them.
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, NoScriptError, OSError)
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,7 +226,8 @@ class ProjectOrchestrator:
                 )
                 tracker.finished(results[task.id])
             wave_tasks = [task for task, _ in runnable]
-            added = await self.store.enqueue(batch_id, wave_tasks, record=unsaved)
+            enqueue = functools.partial(self.store.enqueue, batch_id, wave_tasks, record=unsaved)
+            added = await _outlasting_outages(enqueue)  # idempotent: safe to send again
             unsaved = None
             results.update(
                 await self.wait(
@@ -249,26 +263,35 @@ class ProjectOrchestrator:
         by_job_id = {job_id_for(batch_id, task.id): task for task in resubmit}
         results: dict[str, ExecutionResult] = {}
         next_scan = time.monotonic() + FULL_CHECK_INTERVAL_S if fresh else 0.0
+        outage = _Outage()
         while pending:
-            now = time.monotonic()
-            if now >= next_scan:
-                found = await self.store.fetch_results(list(pending))
-                await self._resubmit_lost(batch_id, [j for j in pending if j not in found], by_job_id)
-                next_scan = now + FULL_CHECK_INTERVAL_S
+            try:
+                now = time.monotonic()
+                if now >= next_scan:
+                    found = await self.store.fetch_results(list(pending))
+                    await self._resubmit_lost(batch_id, [j for j in pending if j not in found], by_job_id)
+                    next_scan = now + FULL_CHECK_INTERVAL_S
+                else:
+                    wait_s = next_scan - now if deadline is None else min(next_scan, deadline) - now
+                    reported = await self.store.wait_done(batch_id, wait_s, expected=len(pending))
+                    done = [job_id for job_id in reported if job_id in pending]
+                    found = await self.store.fetch_results(done) if done else {}
+                for job_id, result in found.items():
+                    results[pending.pop(job_id)] = result
+                    tracker.finished(result)
+                if not pending:
+                    break
+                if tracker.due():
+                    tracker.report(await self.store.count_running(list(pending)))
+                if deadline is not None and time.monotonic() >= deadline:
+                    await self._expire(batch_id, pending, results, by_job_id)
+            except REDIS_DOWN as err:
+                # Every step is a read or an idempotent write; the full check finds what a lost
+                # reply (e.g. a popped done list) hid.
+                await outage.backoff(err)
+                next_scan = 0.0
             else:
-                wait_s = next_scan - now if deadline is None else min(next_scan, deadline) - now
-                reported = await self.store.wait_done(batch_id, wait_s, expected=len(pending))
-                done = [job_id for job_id in reported if job_id in pending]
-                found = await self.store.fetch_results(done) if done else {}
-            for job_id, result in found.items():
-                results[pending.pop(job_id)] = result
-                tracker.finished(result)
-            if not pending:
-                break
-            if tracker.due():
-                tracker.report(await self.store.count_running(list(pending)))
-            if deadline is not None and time.monotonic() >= deadline:
-                await self._expire(batch_id, pending, results, by_job_id)
+                outage.over()
         tracker.report(0)
         return results
 
@@ -341,6 +364,38 @@ class ProjectOrchestrator:
             raise TaskInputError(
                 f"unknown agent {task.agent!r}; known agents: {known}", field=f"{task.id}.agent"
             )
+
+
+class _Outage:
+    """Backoff while Redis is unreachable; gives up (re-raises) once it was down ``limit_s`` in a row."""
+
+    def __init__(self, limit_s: float = REDIS_OUTAGE_LIMIT_S) -> None:
+        self.limit_s = limit_s
+        self.failures = 0
+        self.since: float | None = None
+
+    async def backoff(self, err: Exception) -> None:
+        now = time.monotonic()
+        self.since = now if self.since is None else self.since
+        if now - self.since >= self.limit_s:
+            raise err
+        delay = REDIS_BACKOFF_S[min(self.failures, len(REDIS_BACKOFF_S) - 1)]
+        self.failures += 1
+        logger.warning("Redis unreachable (%s); trying again in %.2f s", err, delay)
+        await asyncio.sleep(delay)
+
+    def over(self) -> None:
+        self.failures, self.since = 0, None
+
+
+async def _outlasting_outages(step: Callable[[], Awaitable[_T]]) -> _T:
+    """``await step()``, again after a backoff while Redis is unreachable (``step`` must be idempotent)."""
+    outage = _Outage()
+    while True:
+        try:
+            return await step()
+        except REDIS_DOWN as err:
+            await outage.backoff(err)
 
 
 class _ProgressTracker:

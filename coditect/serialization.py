@@ -1,12 +1,14 @@
 """The JSON serializer pair for ARQ jobs and results. Never pickle.
 
 ARQ stores a failed job's exception object as its result; JSON cannot hold one, so an exception is
-written as ``{"__error__": <type name>, "message": <text>}`` and read back as ``RemoteJobError``.
+written as ``{"__error__": <type name>, "message": <text>}`` and read back as ``RemoteJobError``
+(or as ``asyncio.CancelledError`` for an aborted job, which is what ARQ's ``Job.abort`` looks for).
 No class is ever looked up by name, so a payload cannot make the reader run code.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import datetime
 from typing import Any
@@ -31,6 +33,8 @@ class RemoteJobError(Exception):
 def _encode(value: Any) -> Any:
     if isinstance(value, RemoteJobError):
         return {"__error__": value.error_type, "message": value.message}
+    if isinstance(value, asyncio.CancelledError):
+        return {"__error__": "CancelledError", "message": str(value)}
     if isinstance(value, BaseException):
         return {"__error__": type(value).__name__, "message": str(value)[:_MAX_ERROR_CHARS]}
     if isinstance(value, BaseModel):
@@ -44,6 +48,9 @@ def _encode(value: Any) -> Any:
 
 def _decode(obj: dict[str, Any]) -> Any:
     if obj.keys() == {"__error__", "message"}:
+        if obj["__error__"] == "CancelledError":
+            # ARQ's Job.abort() and Job.result() recognise an aborted job by this exception type.
+            return asyncio.CancelledError(str(obj["message"]))
         return RemoteJobError(str(obj["__error__"]), str(obj["message"]))
     return obj
 

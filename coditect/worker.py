@@ -31,13 +31,13 @@ import time
 import uuid
 from typing import Any
 
-from arq.connections import create_pool
 from arq.cron import CronJob
 from arq.jobs import serialize_result
 from arq.utils import ms_to_datetime
 from arq.worker import Function, JobExecutionFailed, Retry, RetryJob, Worker
 from redis.exceptions import RedisError, ResponseError
 
+from coditect.connections import create_arq_pool
 from coditect.flusher import FinishRecord, ResultFlusher
 from coditect.keys import CLAIM_LUA, FINISH_LUA, HEARTBEAT_LUA, done_key, split_job_id, wake_channel
 from coditect.serialization import job_deserializer
@@ -75,7 +75,7 @@ class CoditectWorker(Worker):
 
     async def main(self) -> None:
         if self._pool is None:
-            self._pool = await create_pool(
+            self._pool = await create_arq_pool(
                 self.redis_settings,
                 job_deserializer=self.job_deserializer,
                 job_serializer=self.job_serializer,

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from coditect.cli import DEMO_TASKS, main
 from coditect.models import ExecutionResult, ExecutionStatus, TokenUsage
@@ -445,8 +446,6 @@ def free_port() -> int:
 def redis_server() -> Iterator[str]:
     if not Path(REDIS_SERVER).exists():
         pytest.skip("redis-server is not installed")
-    import redis
-
     port = free_port()
     proc = subprocess.Popen(
         [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
@@ -473,8 +472,6 @@ def redis_server() -> Iterator[str]:
 
 @pytest.fixture
 def redis_url(redis_server: str) -> str:
-    import redis
-
     client = redis.Redis.from_url(redis_server)
     client.flushall()
     client.close()
@@ -625,8 +622,6 @@ def worker_process(redis_url: str) -> Iterator[WorkerProcess]:
 def test_run_and_watch_with_a_worker_process_then_sigterm(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, redis_url: str, worker_process: WorkerProcess
 ) -> None:
-    import redis
-
     batch_file = str(write_batch(tmp_path, SIMPLE_BATCH))
     code, results, _ = run_json(capsys, ["run", batch_file, "--redis-url", redis_url, "--json"])
     assert code == 0
@@ -652,8 +647,6 @@ def test_run_and_watch_with_a_worker_process_then_sigterm(
 def test_sigint_during_a_job_stops_at_once_and_requeues_it(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import redis
-
     # A script agent that tells the test, through a FIFO, that it is running, then takes a minute.
     fifo = tmp_path / "started.fifo"
     os.mkfifo(fifo)

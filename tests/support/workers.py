@@ -16,9 +16,12 @@ ARQ_BIN = str(Path(sys.executable).with_name("arq"))
 class WorkerProcess:
     """One worker subprocess; its log lines are collected, and ``ready`` is set once it takes jobs."""
 
-    def __init__(self, env: Mapping[str, str], command: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, env: Mapping[str, str], command: Sequence[str] | None = None, *, ready_line: str = READY_LINE
+    ) -> None:
         self.env = dict(env)
         self.command = list(command or [ARQ_BIN, "coditect.jobs.WorkerSettings"])
+        self.ready_line = ready_line
         self.lines: list[str] = []
         self.ready = asyncio.Event()
         self.process: asyncio.subprocess.Process | None = None
@@ -47,7 +50,7 @@ class WorkerProcess:
         async for raw in self.process.stderr:
             line = raw.decode(errors="replace").rstrip()
             self.lines.append(line)
-            if READY_LINE in line:
+            if self.ready_line in line:
                 self.ready.set()
 
     def signal(self, signum: int) -> None:

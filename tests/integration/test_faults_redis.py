@@ -1,0 +1,206 @@
+"""Fault matrix, Redis (issue 4, row 3): restarts with and without persistence, cut connections, no Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio
+
+from coditect.models import AgentTask, ExecutionResult, ExecutionStatus
+from coditect.orchestrator import ProjectOrchestrator
+from coditect.settings import Settings
+from tests.fake_provider import refused_port
+from tests.support.faults import NO_LEFTOVERS, eventually, leftovers
+from tests.support.redis_server import RedisServer
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.workers import WorkerProcess
+
+StartWorkers = Callable[..., Any]
+OwnRedis = Callable[[bool], Awaitable[RedisServer]]
+
+REDIS_ERROR_LINE = "redis error in worker loop"
+
+
+def tasks(count: int, prefix: str) -> list[AgentTask]:
+    return [AgentTask(id=f"{prefix}{i}", title=f"task {i}") for i in range(count)]
+
+
+@pytest.fixture
+async def own_redis(tmp_path: Path) -> AsyncIterator[Callable[[bool], Awaitable[RedisServer]]]:
+    """Starts a redis-server for this test alone (the test kills it); killed at the end."""
+    servers: list[RedisServer] = []
+
+    async def start(appendonly: bool) -> RedisServer:
+        server = RedisServer(tmp_path / "redis", appendonly=appendonly)
+        servers.append(server)
+        await asyncio.to_thread(server.start)
+        return server
+
+    yield start
+    for server in servers:
+        await asyncio.to_thread(server.kill)
+
+
+async def restart(server: RedisServer) -> None:
+    """Start ``server`` again on its port, with whatever it persisted."""
+    restarted = RedisServer(server.workdir, appendonly=server.appendonly, port=server.port)
+    await asyncio.to_thread(restarted.start)
+    server.process = restarted.process
+
+
+async def results_written(client: redis.asyncio.Redis) -> int:
+    return len([key async for key in client.scan_iter(match="arq:result:*", count=1000)])
+
+
+def saw_redis_errors(workers: list[WorkerProcess]) -> bool:
+    return all(any(REDIS_ERROR_LINE in line for line in w.lines) for w in workers)
+
+
+def alive(workers: list[WorkerProcess]) -> bool:
+    return all(w.process is not None and w.process.returncode is None for w in workers)
+
+
+async def restart_mid_batch(
+    server: RedisServer, start_workers: StartWorkers, batch_id: str
+) -> tuple[list[ExecutionResult], list[WorkerProcess]]:
+    """Run 24 one-second tasks on 2 workers; kill Redis once some finished, restart it once both noticed."""
+    workers = await start_workers(
+        2,
+        CODITECT_REDIS_URL=server.url,
+        CODITECT_OFFLINE_LATENCY_S="1",
+        CODITECT_MAX_JOBS="4",
+        CODITECT_LEASE_S="3",
+    )
+    settings = Settings(_env_file=None, redis_url=server.url)  # type: ignore[call-arg]
+    async with (
+        redis.asyncio.Redis.from_url(server.url) as client,
+        ProjectOrchestrator(settings) as orch,
+    ):
+        run = asyncio.create_task(orch.run_batch(tasks(24, "r"), batch_id=batch_id))
+        try:
+            await eventually(lambda: _at_least(4, results_written(client)), timeout_s=15, what="4 results")
+            await asyncio.to_thread(server.kill)
+            await eventually(
+                lambda: _ready(saw_redis_errors(workers)), timeout_s=10, what="workers to notice"
+            )
+            await restart(server)
+            results = await asyncio.wait_for(asyncio.shield(run), 45)
+        finally:
+            run.cancel()
+            await asyncio.gather(run, return_exceptions=True)
+    return results, workers
+
+
+async def _at_least(count: int, probe: Any) -> int | None:
+    value: int = await probe
+    return value if value >= count else None
+
+
+async def _ready(value: bool) -> bool:
+    return value
+
+
+# -- 3a. restart with AOF ----------------------------------------------------------------------
+
+
+@pytest.mark.timeout(90)
+async def test_redis_restarted_with_aof_mid_batch_workers_and_orchestrator_reconnect(
+    own_redis: OwnRedis, start_workers: StartWorkers, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="coditect")
+    server = await own_redis(True)
+    results, workers = await restart_mid_batch(server, start_workers, "aof")
+    assert [r.status for r in results] == [ExecutionStatus.SUCCESS] * 24
+    assert [r.task_id for r in results] == [f"r{i}" for i in range(24)]
+    assert alive(workers)
+    # Nothing was lost, so nothing had to be enqueued again.
+    assert not any("lost by Redis" in record.getMessage() for record in caplog.records)
+    async with redis.asyncio.Redis.from_url(server.url) as client:
+        assert await leftovers(client) == NO_LEFTOVERS
+
+
+# -- 3b. restart without persistence -----------------------------------------------------------
+
+
+@pytest.mark.timeout(90)
+async def test_redis_restarted_empty_mid_batch_the_orchestrator_enqueues_its_lost_jobs_again(
+    own_redis: OwnRedis, start_workers: StartWorkers, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="coditect")
+    server = await own_redis(False)
+    results, workers = await restart_mid_batch(server, start_workers, "empty")
+    assert [r.status for r in results] == [ExecutionStatus.SUCCESS] * 24
+    assert [r.task_id for r in results] == [f"r{i}" for i in range(24)]
+    assert alive(workers)
+    assert any("lost by Redis; enqueued again" in record.getMessage() for record in caplog.records)
+    async with redis.asyncio.Redis.from_url(server.url) as client:
+        assert await leftovers(client) == NO_LEFTOVERS
+
+
+# -- 3c. connections cut every 1.5 s -----------------------------------------------------------
+
+
+@pytest.mark.timeout(90)
+async def test_a_batch_completes_while_every_redis_connection_is_cut_every_one_and_a_half_seconds(
+    redis_url: str, redis_server: RedisServer, start_workers: StartWorkers
+) -> None:
+    async with TcpProxy(redis_server.port) as proxy:
+        workers = await start_workers(
+            2,
+            CODITECT_REDIS_URL=proxy.url,
+            CODITECT_OFFLINE_LATENCY_S="0.4",
+            CODITECT_MAX_JOBS="3",
+            CODITECT_LEASE_S="3",
+        )
+        settings = Settings(_env_file=None, redis_url=proxy.url)  # type: ignore[call-arg]
+        batch = tasks(60, "c")
+        async with ProjectOrchestrator(settings) as orch:
+            accepted_before = proxy.accepted
+            proxy.start_cutting(every_s=1.5, rounds=4)
+            results = await asyncio.wait_for(orch.run_batch(batch, batch_id="cut"), 60)
+            await proxy.wait_cutting_done()
+        assert alive(workers), [w.lines[-10:] for w in workers]
+        assert proxy.cut_rounds == 4
+        assert proxy.cut >= 4 * 2  # each round cut at least both workers' links (pub/sub is always open)
+        assert proxy.accepted >= accepted_before + 2 * 3  # and the workers came back after each round
+    assert [r.status for r in results] == [ExecutionStatus.SUCCESS] * 60
+    assert [r.task_id for r in results] == [t.id for t in batch]
+    async with redis.asyncio.Redis.from_url(redis_url) as client:
+        assert await leftovers(client) == NO_LEFTOVERS
+
+
+# -- 3d. Redis unreachable when a command starts -----------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["run", "submit"])
+async def test_a_command_against_unreachable_redis_exits_2_with_one_line_naming_the_url(
+    tmp_path: Path, worker_env: dict[str, str], command: str
+) -> None:
+    batch_file = tmp_path / "batch.json"
+    batch_file.write_text(json.dumps({"tasks": [{"id": "a", "title": "A"}]}))
+    with refused_port() as port:
+        url = f"redis://127.0.0.1:{port}"
+        started = time.monotonic()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "coditect", command, str(batch_file), "--redis-url", url,
+            env=worker_env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        async with asyncio.timeout(30):
+            out, err = await proc.communicate()
+        elapsed = time.monotonic() - started
+    assert proc.returncode == 2
+    assert out == b""
+    lines = err.decode().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("coditect: error: ")
+    assert url in lines[0]
+    assert "Traceback" not in err.decode()
+    assert elapsed < 5

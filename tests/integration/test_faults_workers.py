@@ -1,0 +1,184 @@
+"""Fault matrix, workers (issue 4, rows 1 and 2): SIGKILL and SIGTERM of real worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import redis.asyncio
+
+from coditect.keys import done_key, job_id_for
+from coditect.models import AgentTask, ExecutionResult, ExecutionStatus
+from coditect.orchestrator import ProjectOrchestrator
+from coditect.settings import Settings
+from tests.support.faults import NO_LEFTOVERS, eventually, held_by, leftovers
+from tests.support.workers import WorkerProcess
+
+StartWorkers = Callable[..., Any]
+
+
+def tasks(count: int, prefix: str) -> list[AgentTask]:
+    return [AgentTask(id=f"{prefix}{i}", title=f"task {i}") for i in range(count)]
+
+
+def pid_of(result: ExecutionResult) -> int:
+    assert result.worker is not None
+    return int(result.worker.rsplit(":", 1)[1])
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
+    async with redis.asyncio.Redis.from_url(redis_url) as client:
+        yield client
+
+
+async def collect_done(
+    client: redis.asyncio.Redis, batch_id: str, task_ids: list[str], timeout_s: float
+) -> Counter[str]:
+    """Pop the batch's done list until every task reported; how often each job id was reported."""
+    expected = {job_id_for(batch_id, task_id) for task_id in task_ids}
+    reported: Counter[str] = Counter()
+    deadline = time.monotonic() + timeout_s
+    while not expected <= reported.keys():
+        left = deadline - time.monotonic()
+        assert left > 0, f"unfinished after {timeout_s} s: {sorted(expected - reported.keys())}"
+        popped = await client.blpop([done_key(batch_id)], timeout=min(left, 1.0))  # type: ignore[arg-type]
+        if popped is not None:
+            reported[popped[1].decode()] += 1
+    return reported
+
+
+async def exit_code(worker: WorkerProcess, timeout_s: float) -> int:
+    assert worker.process is not None
+    async with asyncio.timeout(timeout_s):
+        return await worker.process.wait()
+
+
+# -- 1. SIGKILL --------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(90)
+async def test_a_killed_workers_tasks_run_again_elsewhere_after_one_lease_not_the_job_timeout(
+    real_settings: Settings, start_workers: StartWorkers, client: redis.asyncio.Redis
+) -> None:
+    victim, *survivors = await start_workers(
+        3,
+        CODITECT_LEASE_S="3",
+        CODITECT_JOB_TIMEOUT_S="600",  # ARQ would wait 610 s before anyone else may run a dead worker's job
+        CODITECT_OFFLINE_LATENCY_S="2",
+        CODITECT_MAX_JOBS="4",
+    )
+    batch = tasks(24, "k")
+    async with ProjectOrchestrator(real_settings) as orch:
+        await orch.submit(batch, batch_id="killed")
+        in_flight = await eventually(
+            lambda: _at_least(3, held_by(client, victim.pid)), timeout_s=10, what="the victim to hold 3 tasks"
+        )
+        killed_at = time.time()
+        assert await victim.kill() == -signal.SIGKILL
+        reported = await collect_done(client, "killed", [t.id for t in batch], timeout_s=30)
+        recovered_in = time.time() - killed_at
+        results = {r.task_id: r for r in await orch.results("killed")}
+
+    # Exactly one final result per task: each job reported done once, nothing left running or queued.
+    assert set(reported.values()) == {1}, reported
+    assert await client.llen(done_key("killed")) == 0
+    assert await leftovers(client) == NO_LEFTOVERS
+    assert all(r.status is ExecutionStatus.SUCCESS for r in results.values()), results
+    survivor_pids = {w.pid for w in survivors}
+    for task_id in in_flight:
+        rerun = results[task_id]
+        assert rerun.attempts >= 2, rerun
+        assert pid_of(rerun) in survivor_pids, rerun
+        assert rerun.finished_at is not None
+        assert rerun.finished_at.timestamp() - killed_at < 15, rerun
+    assert {r.attempts for task_id, r in results.items() if task_id not in in_flight} == {1}
+    assert recovered_in < 15
+
+
+async def _at_least(count: int, probe: Any) -> set[str] | None:
+    held: set[str] = await probe
+    return held if len(held) >= count else None
+
+
+# -- 2. SIGTERM --------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+async def test_sigterm_with_a_long_grace_lets_running_tasks_finish_and_leaves_the_rest_queued(
+    real_settings: Settings, start_workers: StartWorkers, client: redis.asyncio.Redis
+) -> None:
+    (worker,) = await start_workers(
+        1, CODITECT_SHUTDOWN_GRACE_S="30", CODITECT_OFFLINE_LATENCY_S="1.5", CODITECT_MAX_JOBS="3"
+    )
+    batch = tasks(5, "g")
+    async with ProjectOrchestrator(real_settings) as orch:
+        await orch.submit(batch, batch_id="graceful")
+        running = await eventually(
+            lambda: _at_least(3, held_by(client, worker.pid)), timeout_s=10, what="3 running tasks"
+        )
+        signalled_at = time.time()
+        worker.signal(signal.SIGTERM)
+        assert await exit_code(worker, timeout_s=20) == 0
+        exited_in = time.time() - signalled_at
+        after_exit = {r.task_id: r for r in await orch.results("graceful")}
+        waiting = [t.id for t in batch if t.id not in running]
+        assert {task_id: after_exit[task_id].status for task_id in waiting} == dict.fromkeys(
+            waiting, ExecutionStatus.QUEUED
+        )
+        assert await client.exists(*(f"arq:retry:{job_id_for('graceful', t)}" for t in waiting)) == 0
+
+        (successor,) = await start_workers(1)
+        final = await asyncio.wait_for(orch.wait("graceful", [t.id for t in batch]), 20)
+
+    assert exited_in < 10  # it left once its tasks were done, not after the whole grace period
+    for task_id in running:
+        result = after_exit[task_id]
+        assert result.status is ExecutionStatus.SUCCESS, result
+        assert (result.attempts, pid_of(result)) == (1, worker.pid)
+        assert result.finished_at is not None
+        assert result.finished_at.timestamp() > signalled_at
+    assert {
+        task_id: (r.status, pid_of(r)) for task_id, r in final.items() if task_id in waiting
+    } == dict.fromkeys(waiting, (ExecutionStatus.SUCCESS, successor.pid))
+    assert await leftovers(client) == NO_LEFTOVERS
+
+
+@pytest.mark.timeout(60)
+async def test_sigterm_with_a_short_grace_puts_running_tasks_back_for_another_worker(
+    real_settings: Settings, start_workers: StartWorkers, client: redis.asyncio.Redis
+) -> None:
+    (worker,) = await start_workers(
+        1, CODITECT_SHUTDOWN_GRACE_S="1", CODITECT_OFFLINE_LATENCY_S="3", CODITECT_MAX_JOBS="3"
+    )
+    batch = tasks(3, "s")
+    async with ProjectOrchestrator(real_settings) as orch:
+        await orch.submit(batch, batch_id="short")
+        await eventually(
+            lambda: _at_least(3, held_by(client, worker.pid)), timeout_s=10, what="3 running tasks"
+        )
+        signalled_at = time.monotonic()
+        worker.signal(signal.SIGTERM)
+        assert await exit_code(worker, timeout_s=10) == 0
+        exited_in = time.monotonic() - signalled_at
+        states = [r.status for r in await orch.results("short")]
+        # Back in the queue, due now, held by nobody: none lost, none left running.
+        assert states == [ExecutionStatus.QUEUED] * 3
+        assert (await leftovers(client))["in_progress"] == 0
+        scores = [await client.zscore("coditect:queue", job_id_for("short", t.id)) for t in batch]
+        assert all(score is not None and score <= time.time() * 1000 for score in scores), scores
+
+        (successor,) = await start_workers(1)
+        results = await asyncio.wait_for(orch.wait("short", [t.id for t in batch]), 20)
+
+    assert exited_in < 1 + 4  # the grace period, then cancelled at once
+    assert sum("cancelled by shutdown, back in the queue" in line for line in worker.lines) == 3
+    for result in results.values():
+        assert result.status is ExecutionStatus.SUCCESS, result
+        assert (result.attempts, pid_of(result)) == (2, successor.pid)
+    assert await leftovers(client) == NO_LEFTOVERS

@@ -1,0 +1,178 @@
+"""Worker logging: secrets are masked on every handler coditect sets up or finds."""
+
+from __future__ import annotations
+
+import io
+import logging
+import logging.config
+from collections.abc import Iterator
+
+import pytest
+
+from coditect.logs import (
+    LOG_CONFIG,
+    SecretsFilter,
+    ensure_worker_logging,
+    install_secrets_filter,
+    redact_secrets,
+)
+
+KEY = "sk-ant-api03-Zx9_secret-Key-0123456789"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(f"key {KEY} refused", "key sk-ant-*** refused", id="anthropic-key"),
+        pytest.param("openai sk-proj-abcdefghijklmnopqrstuvwx ok", "openai sk-*** ok", id="openai-key"),
+        pytest.param("Authorization: Bearer abc.DEF-123_456", "Authorization: Bearer ***", id="bearer"),
+        pytest.param(
+            f"{{'authorization': 'Bearer {KEY}'}}", "{'authorization': 'Bearer sk-ant-***'}", id="bearer-key"
+        ),
+        pytest.param("x-api-key: abcdef123", "x-api-key: ***", id="x-api-key-header"),
+        pytest.param(
+            "{'X-Api-Key': 'abcdef123', 'a': 1}", "{'X-Api-Key': '***', 'a': 1}", id="x-api-key-repr"
+        ),
+        pytest.param("connect(api_key=abcdef123)", "connect(api_key=***)", id="api-key-kwarg"),
+        pytest.param('{"api_key": "abcdef123"}', '{"api_key": "***"}', id="api-key-json"),
+        pytest.param("at redis://:hunter2@h:6379/0", "at redis://:***@h:6379/0", id="redis-url"),
+        pytest.param("rediss://user:p@ss@h:1/0", "rediss://user:***@h:1/0", id="rediss-at-in-password"),
+        pytest.param("redis+sentinel://:pw@a:1,b:2/m", "redis+sentinel://:***@a:1,b:2/m", id="sentinel-url"),
+    ],
+)
+def test_secrets_are_masked(text: str, expected: str) -> None:
+    assert redact_secrets(text) == expected
+    assert redact_secrets(expected) == expected  # masking twice changes nothing
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "invalid task payload, not executed: api_key: Extra inputs are not permitted",
+        "the bearer of good news",
+        "redis://localhost:6379/0 and redis://user@host/1",
+        "task sk-1 finished",
+    ],
+)
+def test_ordinary_text_is_left_alone(text: str) -> None:
+    assert redact_secrets(text) == text
+
+
+@pytest.fixture
+def isolated() -> Iterator[tuple[logging.Logger, logging.Handler, io.StringIO]]:
+    """A logger tree of its own (``secrets_test.child``) with a handler on the parent only."""
+    parent = logging.getLogger("secrets_test")
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    parent.addHandler(handler)
+    parent.propagate = False
+    yield logging.getLogger("secrets_test.child"), handler, stream
+    parent.removeHandler(handler)
+    parent.propagate = True
+
+
+def test_the_filter_masks_arguments_tracebacks_and_stacks_of_propagated_records(
+    isolated: tuple[logging.Logger, logging.Handler, io.StringIO],
+) -> None:
+    logger, handler, stream = isolated
+    install_secrets_filter("secrets_test.child")
+    install_secrets_filter("secrets_test.child")  # idempotent
+    assert sum(isinstance(f, SecretsFilter) for f in handler.filters) == 1
+
+    logger.warning("calling with %s and %r", KEY, {"x-api-key": "abcdef123"})
+    try:
+        raise RuntimeError(f"Authorization: Bearer {KEY}")
+    except RuntimeError:
+        logger.exception("request failed")
+    out = stream.getvalue()
+    assert "calling with sk-ant-*** and {'x-api-key': '***'}" in out
+    assert "request failed\nTraceback (most recent call last)" in out
+    assert "RuntimeError: Authorization: Bearer sk-ant-***" in out
+    assert KEY not in out
+    assert "abcdef123" not in out
+
+
+def test_the_filter_masks_a_stack() -> None:
+    record = logging.LogRecord("x", logging.WARNING, __file__, 1, "here", None, None, sinfo=f"key = {KEY!r}")
+    assert SecretsFilter().filter(record)
+    assert record.stack_info == "key = 'sk-ant-***'"
+
+
+def test_a_record_whose_arguments_do_not_fit_passes_the_filter_unchanged() -> None:
+    record = logging.LogRecord("x", logging.WARNING, __file__, 1, "%d items", ("many",), None)
+    assert SecretsFilter().filter(record)  # the handler reports the bad format, as without the filter
+    assert (record.msg, record.args) == ("%d items", ("many",))
+
+
+@pytest.fixture
+def saved_logging() -> Iterator[None]:
+    loggers = [logging.getLogger(name) for name in ("", "arq", "coditect")]
+    saved = [(lg, list(lg.handlers), lg.level, lg.propagate) for lg in loggers]
+    filters = {id(h): list(h.filters) for lg in loggers for h in lg.handlers}
+    yield
+    for lg, handlers, level, propagate in saved:
+        for handler in lg.handlers:
+            if handler not in handlers:
+                handler.close()
+            elif id(handler) in filters:
+                handler.filters[:] = filters[id(handler)]
+        lg.handlers[:] = handlers
+        lg.setLevel(level)
+        lg.propagate = propagate
+
+
+@pytest.mark.usefixtures("saved_logging")
+def test_ensure_worker_logging_under_the_arq_command_masks_on_arqs_handler_and_its_own(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    arq_stream = io.StringIO()
+    arq_handler = logging.StreamHandler(arq_stream)
+    # What `arq coditect.jobs.WorkerSettings` leaves: a handler on "arq" (default_log_config), none elsewhere.
+    logging.getLogger().handlers[:] = []
+    logging.getLogger("arq").handlers[:] = [arq_handler]
+    logging.getLogger("arq").setLevel(logging.INFO)
+    logging.getLogger("coditect").handlers[:] = []
+
+    ensure_worker_logging()
+    ensure_worker_logging()
+
+    (own,) = logging.getLogger("coditect").handlers
+    for handler in (own, arq_handler):
+        assert sum(isinstance(f, SecretsFilter) for f in handler.filters) == 1
+    logging.getLogger("arq.worker").info("job args %s", KEY)
+    logging.getLogger("coditect.jobs").info("try failed: Bearer %s", KEY)
+    assert "job args sk-ant-***" in arq_stream.getvalue()
+    assert "try failed: Bearer sk-ant-***" in capsys.readouterr().err
+    assert KEY not in arq_stream.getvalue()
+
+
+@pytest.mark.usefixtures("saved_logging")
+def test_ensure_worker_logging_under_coditect_worker_masks_on_the_roots_handler() -> None:
+    root_stream = io.StringIO()
+    root_handler = logging.StreamHandler(root_stream)
+    # What `coditect worker` leaves: one handler on the root logger.
+    logging.getLogger().handlers[:] = [root_handler]
+    logging.getLogger("arq").handlers[:] = []
+    logging.getLogger("coditect").handlers[:] = []
+    logging.getLogger("coditect").setLevel(logging.INFO)
+
+    ensure_worker_logging()
+
+    assert logging.getLogger("coditect").handlers == []  # the root's handler prints its lines already
+    assert sum(isinstance(f, SecretsFilter) for f in root_handler.filters) == 1
+    logging.getLogger("coditect.jobs").info("try failed: Bearer %s", KEY)
+    assert "try failed: Bearer sk-ant-***" in root_stream.getvalue()
+    assert KEY not in root_stream.getvalue()
+
+
+@pytest.mark.usefixtures("saved_logging")
+def test_log_config_for_arqs_custom_log_dict_masks_secrets(capsys: pytest.CaptureFixture[str]) -> None:
+    logging.config.dictConfig(LOG_CONFIG)
+    logging.getLogger("arq.worker").info("connecting to redis://:hunter2@redis:6379")
+    logging.getLogger("coditect.executor").warning("refused %s", KEY)
+    err = capsys.readouterr().err
+    assert "redis://:***@redis:6379" in err
+    assert "refused sk-ant-***" in err
+    assert "hunter2" not in err
+    assert KEY not in err
