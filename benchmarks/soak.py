@@ -56,6 +56,7 @@ CLEANUP_S = 60.0
 BATCH_ID = "soak"
 IN_PROGRESS = "arq:in-progress:"
 JOB_PREFIX = f"coditect:{BATCH_ID}:"
+QUEUE = "coditect:queue"
 
 
 @dataclass
@@ -147,8 +148,12 @@ def executions_per_task(provider: FakeProvider) -> Counter[str]:
 
 
 async def leftovers(client: redis.asyncio.Redis) -> dict[str, int]:
-    counts = {"queued": int(await client.zcard("coditect:queue"))}
-    for name, pattern in (("in_progress", IN_PROGRESS + "*"), ("jobs", "arq:job:*"), ("tries", "arq:retry:*")):
+    counts = {"queued": int(await client.zcard(QUEUE)), "leases": int(await client.zcard(QUEUE + ":leases"))}
+    for name, pattern in (
+        ("in_progress", IN_PROGRESS + "*"),
+        ("jobs", "arq:job:*"),
+        ("tries", "arq:retry:*"),
+    ):
         counts[name] = len([key async for key in client.scan_iter(match=pattern, count=1000)])
     return counts
 
@@ -228,7 +233,7 @@ def render_markdown(report: dict[str, Any], machine: dict[str, Any]) -> str:
         ("time to recover, median", seconds(f["recover_s_median"]), f"lease {p['lease_s']} s"),
         ("time to recover, max", seconds(f["recover_s_max"]), ""),
         ("elapsed", seconds(f["elapsed_s"]), f"{f['tasks_per_s']} tasks/s"),
-        ("left in Redis", json.dumps(f["leftovers"]), "queued, leases, payloads, try counters"),
+        ("left in Redis", json.dumps(f["leftovers"]), "queued, lease index, leases, payloads, try counters"),
     ]
     header = (
         f"# Soak under worker kills ({machine['date']})\n\n"
@@ -257,7 +262,7 @@ async def soak(args: argparse.Namespace, bench: Bench, provider: FakeProvider) -
     }
     tasks = [AgentTask(id=f"t{i}", title=f"soak task {i}") for i in range(args.tasks)]
     chaos = Chaos(env)
-    settings = Settings(_env_file=None, redis_url=bench.redis_url)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, redis_url=bench.redis_url)
     try:
         await asyncio.gather(*(chaos.start_worker() for _ in range(args.workers)))
         async with (
@@ -296,7 +301,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="coditect-soak-") as workdir, started_redis(Path(workdir)) as server:
+    with (
+        tempfile.TemporaryDirectory(prefix="coditect-soak-") as workdir,
+        started_redis(Path(workdir)) as server,
+    ):
         machine = machine_info(server, quick=False)
         bench = Bench(server.url, quick=False)
         with FakeProvider(latency_s=args.latency_s) as provider:

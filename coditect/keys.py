@@ -8,6 +8,8 @@ results, and adds three things of its own:
   lease deadline, and its ``in-progress`` key holds the claiming worker's token with the same
   TTL. The worker renews both while the job runs. If the worker dies, the score falls due when
   the lease ends and any worker claims the job again: recovery takes one lease, not the job timeout.
+  The lease deadlines are also kept in ``<queue>:leases``, so that claims take a dead worker's
+  jobs first instead of after every job queued before its lease ran out.
 - a **wake-up channel** ``<queue>:wake``: enqueuers publish to it, idle workers listen.
 - a **done list** ``coditect:done:<batch>`` per batch: workers push the task id of every finished
   job, so a waiting orchestrator blocks on one list instead of polling every job.
@@ -75,27 +77,42 @@ return added
 
 # KEYS: queue. ARGV: now ms, lease ms, max jobs, worker token.
 # Claims up to max due jobs nobody holds. Returns {id, payload, try, score, aborted} per job.
+# Jobs whose lease ran out (their worker died) come first: their queue score is the lease deadline,
+# which would put them behind every job queued before it. Then the queue head, in score order.
 # Due jobs held by someone else (a plain ARQ worker keeps a running job's score) are stepped over,
 # reading at most ten pages of the queue head per call (a claimed job leaves the due range).
 CLAIM_LUA = """
 local now = tonumber(ARGV[1])
 local lease = tonumber(ARGV[2])
 local want = tonumber(ARGV[3])
+local leases = KEYS[1] .. ':leases'
 local claimed = {}
+local function claim(id, score)
+  local payload = redis.call('GET', 'arq:job:' .. id) or ''
+  local try = redis.call('INCR', 'arq:retry:' .. id)
+  redis.call('EXPIRE', 'arq:retry:' .. id, 88400)
+  redis.call('SET', 'arq:in-progress:' .. id, ARGV[4], 'PX', lease)
+  redis.call('ZADD', KEYS[1], now + lease, id)
+  redis.call('ZADD', leases, now + lease, id)
+  local aborted = redis.call('ZREM', 'arq:abort', id)
+  claimed[#claimed + 1] = {id, payload, try, score, aborted}
+end
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', leases, '-inf', now, 'LIMIT', 0, want)) do
+  local score = redis.call('ZSCORE', KEYS[1], id)
+  if not score or tonumber(score) > now then
+    redis.call('ZREM', leases, id)  -- finished, cancelled or rescheduled since: not a lost lease
+  elseif redis.call('EXISTS', 'arq:in-progress:' .. id) == 0 then
+    claim(id, score)
+  end
+end
 local held = 0
 for _ = 1, 10 do
   local page = want - #claimed
+  if page <= 0 then break end
   local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', held, page)
   for _, id in ipairs(ids) do
     if redis.call('EXISTS', 'arq:in-progress:' .. id) == 0 then
-      local score = redis.call('ZSCORE', KEYS[1], id)
-      local payload = redis.call('GET', 'arq:job:' .. id) or ''
-      local try = redis.call('INCR', 'arq:retry:' .. id)
-      redis.call('EXPIRE', 'arq:retry:' .. id, 88400)
-      redis.call('SET', 'arq:in-progress:' .. id, ARGV[4], 'PX', lease)
-      redis.call('ZADD', KEYS[1], now + lease, id)
-      local aborted = redis.call('ZREM', 'arq:abort', id)
-      claimed[#claimed + 1] = {id, payload, try, score, aborted}
+      claim(id, redis.call('ZSCORE', KEYS[1], id))
     else
       held = held + 1
     end
@@ -115,6 +132,7 @@ for i = 4, #ARGV do
   if redis.call('GET', 'arq:in-progress:' .. id) == ARGV[3] then
     redis.call('PEXPIRE', 'arq:in-progress:' .. id, ARGV[2])
     redis.call('ZADD', KEYS[1], 'XX', deadline, id)
+    redis.call('ZADD', KEYS[1] .. ':leases', 'XX', deadline, id)
     renewed = renewed + 1
   end
 end
@@ -139,6 +157,7 @@ for i = 3, #ARGV, 5 do
     end
     redis.call('DEL', 'arq:job:' .. id, 'arq:retry:' .. id, 'arq:in-progress:' .. id)
     redis.call('ZREM', KEYS[1], id)
+    redis.call('ZREM', KEYS[1] .. ':leases', id)
     redis.call('ZREM', 'arq:abort', id)
     local done = ARGV[i + 4]
     if done ~= '' then
@@ -147,6 +166,7 @@ for i = 3, #ARGV, 5 do
     end
   elseif redis.call('GET', 'arq:in-progress:' .. id) == ARGV[1] then
     redis.call('ZADD', KEYS[1], ARGV[i + 2], id)
+    redis.call('ZREM', KEYS[1] .. ':leases', id)
     redis.call('DEL', 'arq:in-progress:' .. id)
     requeued = requeued + 1
   end

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import ssl
 import time
 from pathlib import Path
@@ -126,41 +125,6 @@ async def test_create_redis_pool_on_a_closed_port_fails_fast_naming_the_url_with
     assert message.startswith("cannot reach Redis at redis://:***@127.0.0.1:1: ")
     assert SECRET not in message
     assert caught.value.__cause__ is not None
-
-
-# -- redis+sentinel:// ----------------------------------------------------------------------------
-
-
-def test_a_sentinel_url_names_the_sentinels_the_master_and_its_credentials(settings: Settings) -> None:
-    url = f"redis+sentinel://app:{SECRET}@s1.internal:26380,s2.internal,[::1]:26381/main-master/3"
-
-    redis_settings = redis_settings_from(with_url(settings, url), conn_retries=2)
-
-    assert redis_settings.sentinel is True
-    assert redis_settings.host == [("s1.internal", 26380), ("s2.internal", 26379), ("::1", 26381)]
-    assert (redis_settings.sentinel_master, redis_settings.database) == ("main-master", 3)
-    assert (redis_settings.username, redis_settings.password) == ("app", SECRET)
-    assert redis_settings.conn_retries == 2
-
-
-@pytest.mark.parametrize(
-    ("url", "problem"),
-    [
-        ("redis+sentinel://s1/master?db=1", "query parameters and fragments are not supported"),
-        ("redis+sentinel://s1", "expected /<master-name>"),
-        ("redis+sentinel://s1/master/db/extra", "expected /<master-name>"),
-        ("redis+sentinel://s1/master/zero", "database must be a number"),
-        ("redis+sentinel://:26379/master", "has no host"),
-        ("redis+sentinel://s1:99999/master", "has an invalid port"),
-        (f"redis+sentinel://:{SECRET}@[::1/master", "not a valid URL"),
-        (f"rediss+sentinel://:{SECRET}@s1/master", "TLS through Sentinel is not supported"),
-    ],
-)
-def test_a_bad_sentinel_url_raises_configuration_error(settings: Settings, url: str, problem: str) -> None:
-    with pytest.raises(ConfigurationError, match=re.escape(problem)) as caught:
-        redis_settings_from(with_url(settings, url))
-
-    assert SECRET not in str(caught.value)
 
 
 # -- connecting: what is retried, and the hints ---------------------------------------------------

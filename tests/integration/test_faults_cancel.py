@@ -83,7 +83,8 @@ async def test_coditect_cancel_dequeues_waiting_tasks_and_aborts_running_ones(
                 lambda: _at_least(2, sleepers.entries()), timeout_s=15, what="2 scripts to start"
             )
             cancel = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "coditect", "cancel", "doomed", "--json", "--redis-url", real_settings.redis_url,
+                sys.executable, "-m", "coditect", "cancel", "doomed", "--json",
+                "--redis-url", real_settings.redis_url,
                 env=worker_env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             )  # fmt: skip
             async with asyncio.timeout(30):

@@ -117,7 +117,8 @@ async def test_a_429_waits_at_least_retry_after_and_frees_the_worker_slot_meanwh
     first, second = limited["limited"], other["other"]
     assert (first.status, first.attempts) == (ExecutionStatus.SUCCESS, 2), first
     assert (second.status, second.attempts) == (ExecutionStatus.SUCCESS, 1), second
-    assert first.started_at is not None and second.finished_at is not None
+    assert first.started_at is not None
+    assert second.finished_at is not None
     assert first.started_at.timestamp() - arrived_after >= 1.0  # retry-after honoured
     # With one slot, the other task ran to the end while the limited one waited.
     assert second.finished_at < first.started_at

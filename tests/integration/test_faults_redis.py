@@ -79,7 +79,7 @@ async def restart_mid_batch(
         CODITECT_MAX_JOBS="4",
         CODITECT_LEASE_S="3",
     )
-    settings = Settings(_env_file=None, redis_url=server.url)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, redis_url=server.url)
     async with (
         redis.asyncio.Redis.from_url(server.url) as client,
         ProjectOrchestrator(settings) as orch,
@@ -160,7 +160,7 @@ async def test_a_batch_completes_while_every_redis_connection_is_cut_every_one_a
             CODITECT_MAX_JOBS="3",
             CODITECT_LEASE_S="3",
         )
-        settings = Settings(_env_file=None, redis_url=proxy.url)  # type: ignore[call-arg]
+        settings = Settings(_env_file=None, redis_url=proxy.url)
         batch = tasks(60, "c")
         async with ProjectOrchestrator(settings) as orch:
             accepted_before = proxy.accepted

@@ -47,7 +47,7 @@ async def collect_done(
     while not expected <= reported.keys():
         left = deadline - time.monotonic()
         assert left > 0, f"unfinished after {timeout_s} s: {sorted(expected - reported.keys())}"
-        popped = await client.blpop([done_key(batch_id)], timeout=min(left, 1.0))  # type: ignore[arg-type]
+        popped = await client.blpop([done_key(batch_id)], timeout=min(left, 1.0))  # type: ignore[arg-type,misc]
         if popped is not None:
             reported[popped[1].decode()] += 1
     return reported
@@ -87,7 +87,7 @@ async def test_a_killed_workers_tasks_run_again_elsewhere_after_one_lease_not_th
 
     # Exactly one final result per task: each job reported done once, nothing left running or queued.
     assert set(reported.values()) == {1}, reported
-    assert await client.llen(done_key("killed")) == 0
+    assert await client.llen(done_key("killed")) == 0  # type: ignore[misc]
     assert await leftovers(client) == NO_LEFTOVERS
     assert all(r.status is ExecutionStatus.SUCCESS for r in results.values()), results
     survivor_pids = {w.pid for w in survivors}
@@ -99,6 +99,47 @@ async def test_a_killed_workers_tasks_run_again_elsewhere_after_one_lease_not_th
         assert rerun.finished_at.timestamp() - killed_at < 15, rerun
     assert {r.attempts for task_id, r in results.items() if task_id not in in_flight} == {1}
     assert recovered_in < 15
+
+
+@pytest.mark.timeout(60)
+async def test_a_killed_workers_tasks_run_again_before_the_backlog_behind_them(
+    real_settings: Settings, start_workers: StartWorkers, client: redis.asyncio.Redis
+) -> None:
+    victim, survivor = await start_workers(
+        2,
+        CODITECT_LEASE_S="3",
+        CODITECT_JOB_TIMEOUT_S="600",
+        CODITECT_OFFLINE_LATENCY_S="2",
+        CODITECT_MAX_JOBS="2",
+    )
+    batch = tasks(40, "q")  # 18 rounds of work for the survivor alone: a backlog of about 36 s
+    async with ProjectOrchestrator(real_settings) as orch:
+        await orch.submit(batch, batch_id="backlog")
+        in_flight = await eventually(
+            lambda: _at_least(2, held_by(client, victim.pid)), timeout_s=10, what="the victim to hold 2 tasks"
+        )
+        killed_at = time.time()
+        await victim.kill()
+        job_ids = [job_id_for("backlog", task_id) for task_id in in_flight]
+        reruns = await eventually(
+            lambda: _all_found(orch, job_ids), timeout_s=15, what="the killed worker's tasks to finish"
+        )
+        states = Counter(r.status for r in await orch.results("backlog"))
+        await orch.cancel("backlog")
+        await asyncio.wait_for(orch.wait("backlog", [t.id for t in batch]), 15)
+
+    for rerun in reruns.values():
+        assert rerun.status is ExecutionStatus.SUCCESS, rerun
+        assert (rerun.attempts, pid_of(rerun)) == (2, survivor.pid)
+        assert rerun.finished_at is not None
+        assert rerun.finished_at.timestamp() - killed_at < 15
+    assert states[ExecutionStatus.QUEUED] >= 20, states  # they did not wait for the queue to drain
+    assert await leftovers(client) == NO_LEFTOVERS
+
+
+async def _all_found(orch: ProjectOrchestrator, job_ids: list[str]) -> dict[str, ExecutionResult] | None:
+    found = await orch.store.fetch_results(job_ids)
+    return found if len(found) == len(job_ids) else None
 
 
 async def _at_least(count: int, probe: Any) -> set[str] | None:

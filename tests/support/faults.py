@@ -56,7 +56,10 @@ async def held_by(client: redis.asyncio.Redis, pid: int) -> set[str]:
 
 async def leftovers(client: redis.asyncio.Redis, queue_name: str = "coditect:queue") -> dict[str, int]:
     """What a finished batch must not leave behind: queued jobs, leases, job payloads, try counters."""
-    counts = {"queued": int(await client.zcard(queue_name))}
+    counts = {
+        "queued": int(await client.zcard(queue_name)),
+        "leases": int(await client.zcard(queue_name + ":leases")),
+    }
     for name, pattern in (
         ("in_progress", "arq:in-progress:*"),
         ("jobs", "arq:job:*"),
@@ -66,7 +69,7 @@ async def leftovers(client: redis.asyncio.Redis, queue_name: str = "coditect:que
     return counts
 
 
-NO_LEFTOVERS = {"queued": 0, "in_progress": 0, "jobs": 0, "tries": 0}
+NO_LEFTOVERS = {"queued": 0, "leases": 0, "in_progress": 0, "jobs": 0, "tries": 0}
 
 
 @dataclass(frozen=True)
