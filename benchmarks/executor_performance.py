@@ -38,10 +38,6 @@ from benchmarks.harness import (
     ENV_PREFIXES,
     BatchRun,
     Bench,
-    CpuSample,
-    FigureResult,
-    Metric,
-    Target,
     WrongResults,
     fresh_batch,
     make_tasks,
@@ -53,6 +49,7 @@ from benchmarks.harness import (
     wait_for_line,
     warm_then_measure,
 )
+from benchmarks.metrics import CpuSample, FigureResult, Metric, Target
 from benchmarks.report import loadavg, machine_info, render_table, write_reports
 from coditect.keys import job_id_for
 from coditect.llm.base import Message

@@ -1,4 +1,4 @@
-"""What the executor benchmark is built from: metrics with targets, worker pools, runs with checked results.
+"""What the executor benchmark runs on: its Redis, worker pools, and batches whose results are checked.
 
 Nothing here measures a figure by itself; ``executor_performance.py`` composes these pieces.
 """
@@ -8,16 +8,15 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import statistics
 import sys
 import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TypeVar
 
 import redis
 from arq.connections import ArqRedis, RedisSettings, create_pool
@@ -33,10 +32,6 @@ __all__ = [
     "REPO_ROOT",
     "BatchRun",
     "Bench",
-    "CpuSample",
-    "FigureResult",
-    "Metric",
-    "Target",
     "WorkerPool",
     "WrongResults",
     "check_results",
@@ -60,93 +55,13 @@ WORKER_START_TIMEOUT_S = 90.0  # ten workers importing at once on two cores take
 BATCH_TIMEOUT_S = 120.0
 ARQ_RESULT_TIMEOUT_S = 120.0
 RESUME_SETTLE_S = 0.2
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
-CODITECT_READY_LINE = "coditect worker ready"
 ENGINE_LINE = "engine:"
 ARQ_BASELINE_READY_LINE = "arq baseline worker ready"  # benchmarks.arq_baseline.READY_LINE
 
 
 class WrongResults(Exception):
     """The work measured is not the work asked for: a wrong count, a wrong id, a wrong status."""
-
-
-# -- metrics -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """A bound the median must respect, e.g. ``Target("<=", 2.1)``."""
-
-    op: Literal["<=", ">"]
-    value: float
-
-    def met_by(self, measured: float) -> bool:
-        return measured <= self.value if self.op == "<=" else measured > self.value
-
-    def __str__(self) -> str:
-        return f"{self.op} {self.value:g}"
-
-
-@dataclass(slots=True)
-class Metric:
-    """One row of the table: every repetition's value, their median, and the target (None: context)."""
-
-    name: str
-    unit: str
-    values: list[float]
-    target: Target | None = None
-    notes: str = ""
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.values)
-
-    @property
-    def passed(self) -> bool | None:
-        return None if self.target is None else self.target.met_by(self.median)
-
-    def to_json(self) -> dict[str, Any]:
-        target = None if self.target is None else {"op": self.target.op, "value": self.target.value}
-        return {
-            "name": self.name,
-            "unit": self.unit,
-            "values": self.values,
-            "median": self.median,
-            "target": target,
-            "passed": self.passed,
-            "notes": self.notes,
-        }
-
-
-@dataclass(slots=True)
-class FigureResult:
-    """What one figure measured, with its parameters and raw data; ``error`` if it could not finish."""
-
-    name: str
-    title: str
-    params: dict[str, Any] = field(default_factory=dict)
-    metrics: list[Metric] = field(default_factory=list)
-    raw: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-    duration_s: float = 0.0
-    loadavg_before: str = ""
-    others_cpu_share: float | None = None  # the machine's CPU used by other processes meanwhile
-
-    def add(self, metric: Metric) -> None:
-        self.metrics.append(metric)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "title": self.title,
-            "params": self.params,
-            "metrics": [metric.to_json() for metric in self.metrics],
-            "raw": self.raw,
-            "error": self.error,
-            "duration_s": round(self.duration_s, 3),
-            "loadavg_before": self.loadavg_before,
-            "others_cpu_share": self.others_cpu_share,
-        }
 
 
 # -- the environment ---------------------------------------------------------------------------
@@ -298,31 +213,6 @@ async def wait_for_line(worker: WorkerProcess, text: str, timeout_s: float) -> N
     except TimeoutError:
         last = "\n".join(worker.lines[-20:])
         raise RuntimeError(f"worker {worker.pid} logged no {text!r} line in {timeout_s} s:\n{last}") from None
-
-
-@dataclass(frozen=True, slots=True)
-class CpuSample:
-    """CPU seconds so far: the whole machine's busy and total time, and this benchmark's own share."""
-
-    machine_busy_s: float
-    machine_total_s: float
-    ours_s: float
-
-    @classmethod
-    def take(cls, redis_cpu_s: float) -> CpuSample:
-        """Ours: this process, its children that have exited (every figure's workers) and its Redis."""
-        user, nice, system, idle, iowait, irq, softirq, steal = (
-            int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
-        )
-        total = user + nice + system + idle + iowait + irq + softirq + steal
-        times = os.times()
-        ours = times.user + times.system + times.children_user + times.children_system + redis_cpu_s
-        return cls((total - idle - iowait) / CLOCK_TICKS, total / CLOCK_TICKS, ours)
-
-    def others_share_since(self, earlier: CpuSample) -> float:
-        """The fraction of the machine that other processes used since ``earlier``: noise absorbed."""
-        others = (self.machine_busy_s - earlier.machine_busy_s) - (self.ours_s - earlier.ours_s)
-        return max(0.0, others) / max(self.machine_total_s - earlier.machine_total_s, 1e-9)
 
 
 def rss_mb(pid: int, field_name: str = "VmRSS") -> float:

@@ -15,7 +15,8 @@ import arq.version
 import redis
 import redis.utils
 
-from benchmarks.harness import REPO_ROOT, FigureResult, Metric
+from benchmarks.harness import REPO_ROOT
+from benchmarks.metrics import FigureResult, Metric
 from tests.support.redis_server import RedisServer
 
 __all__ = ["machine_info", "render_markdown", "render_table", "write_reports"]

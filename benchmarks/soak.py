@@ -16,8 +16,8 @@ Definitions (also written with the figures):
 - **duplicate executions**: executions beyond one per task (the bodies a killed worker had started).
 - **re-run tasks**: tasks whose result says ``attempts`` > 1.
 - **time to recover** (one kill): from the SIGKILL to the last of the tasks the killed worker held
-  being completed by another worker. Because the lease is what detects the death, it includes the
-  lease (``--lease-s``) plus the wait for a free slot behind the rest of the queue.
+  being completed by another worker. The lease is what detects the death, so this is at least the
+  lease (``--lease-s``), plus the wait for a free slot and the task's own run time.
 
 Exit status: 0 nothing lost and every task completed, 1 otherwise, 2 the run could not be set up.
 """
@@ -210,7 +210,7 @@ def summarise(
             "rerun_tasks": "results with attempts > 1",
             "recover_s": (
                 "per kill: from the SIGKILL to the last task the killed worker held being completed by "
-                "another worker (lease + wait for a free slot behind the rest of the queue)"
+                "another worker (the lease, then a free slot, then the task's run time)"
             ),
         },
     }

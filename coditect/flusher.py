@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 MAX_RECORDS_PER_CALL = 500
 BACKOFF_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
+REPLY_TIMEOUT_S = 10.0
 
 
 @dataclass(slots=True)
@@ -41,11 +42,20 @@ class FinishRecord:
 class ResultFlusher:
     """Batches ``FinishRecord`` writes through the finish script."""
 
-    def __init__(self, script: AsyncScript, *, queue_name: str, token: str, channel: str) -> None:
+    def __init__(
+        self,
+        script: AsyncScript,
+        *,
+        queue_name: str,
+        token: str,
+        channel: str,
+        reply_timeout_s: float = REPLY_TIMEOUT_S,
+    ) -> None:
         self._script = script
         self._queue_name = queue_name
         self._token = token
         self._channel = channel
+        self._reply_timeout_s = reply_timeout_s
         self._pending: list[FinishRecord] = []
         self._arrived = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -70,12 +80,17 @@ class ResultFlusher:
                 for record in batch:
                     args += record.args()
                 try:
-                    await self._script(keys=[self._queue_name], args=args)
-                except (RedisError, OSError) as err:
+                    # A reply that never comes (no RST) is given up on; the records are sent again.
+                    async with asyncio.timeout(self._reply_timeout_s):
+                        await self._script(keys=[self._queue_name], args=args)
+                except (RedisError, OSError) as err:  # OSError includes TimeoutError
                     delay = BACKOFF_S[min(failures, len(BACKOFF_S) - 1)]
                     failures += 1
                     logger.warning(
-                        "writing %d result(s) failed (%s); retrying in %.2f s", len(batch), err, delay
+                        "writing %d result(s) failed (%s); retrying in %.2f s",
+                        len(batch),
+                        str(err) or repr(err),
+                        delay,
                     )
                     await asyncio.sleep(delay)
                     continue

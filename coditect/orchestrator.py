@@ -18,7 +18,7 @@ from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from coditect.agents import AgentRegistry
-from coditect.batches import BatchRecord, BatchStore, job_id_for
+from coditect.batches import CHUNK, BatchRecord, BatchStore, job_id_for
 from coditect.connections import create_redis_pool
 from coditect.embedded import EmbeddedBackend
 from coditect.errors import TaskInputError
@@ -36,6 +36,9 @@ BATCH_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 # up only once it has been unreachable this long.
 REDIS_BACKOFF_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 REDIS_OUTAGE_LIMIT_S = 60.0
+# A reply that never comes (a connection dropped without an RST) ends after this; redis-py closes
+# the connection it was awaited on, and the next call opens a new one.
+REDIS_REPLY_TIMEOUT_S = 10.0
 # NoScriptError: a failed-over Redis has not seen our scripts yet; sending again loads them.
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, NoScriptError, OSError)
 
@@ -227,7 +230,9 @@ class ProjectOrchestrator:
                 tracker.finished(results[task.id])
             wave_tasks = [task for task, _ in runnable]
             enqueue = functools.partial(self.store.enqueue, batch_id, wave_tasks, record=unsaved)
-            added = await _outlasting_outages(enqueue)  # idempotent: safe to send again
+            # Idempotent, so safe to send again; ten seconds per chunk of jobs before giving up on a reply.
+            timeout_s = REDIS_REPLY_TIMEOUT_S * (1 + len(wave_tasks) // CHUNK)
+            added = await _outlasting_outages(enqueue, timeout_s)
             unsaved = None
             results.update(
                 await self.wait(
@@ -266,25 +271,26 @@ class ProjectOrchestrator:
         outage = _Outage()
         while pending:
             try:
-                now = time.monotonic()
-                if now >= next_scan:
-                    found = await self.store.fetch_results(list(pending))
-                    await self._resubmit_lost(batch_id, [j for j in pending if j not in found], by_job_id)
-                    next_scan = now + FULL_CHECK_INTERVAL_S
-                else:
-                    wait_s = next_scan - now if deadline is None else min(next_scan, deadline) - now
-                    reported = await self.store.wait_done(batch_id, wait_s, expected=len(pending))
-                    done = [job_id for job_id in reported if job_id in pending]
-                    found = await self.store.fetch_results(done) if done else {}
-                for job_id, result in found.items():
-                    results[pending.pop(job_id)] = result
-                    tracker.finished(result)
-                if not pending:
-                    break
-                if tracker.due():
-                    tracker.report(await self.store.count_running(list(pending)))
-                if deadline is not None and time.monotonic() >= deadline:
-                    await self._expire(batch_id, pending, results, by_job_id)
+                async with asyncio.timeout(FULL_CHECK_INTERVAL_S + REDIS_REPLY_TIMEOUT_S):
+                    now = time.monotonic()
+                    if now >= next_scan:
+                        found = await self.store.fetch_results(list(pending))
+                        await self._resubmit_lost(batch_id, [j for j in pending if j not in found], by_job_id)
+                        next_scan = now + FULL_CHECK_INTERVAL_S
+                    else:
+                        wait_s = next_scan - now if deadline is None else min(next_scan, deadline) - now
+                        reported = await self.store.wait_done(batch_id, wait_s, expected=len(pending))
+                        done = [job_id for job_id in reported if job_id in pending]
+                        found = await self.store.fetch_results(done) if done else {}
+                    for job_id, result in found.items():
+                        results[pending.pop(job_id)] = result
+                        tracker.finished(result)
+                    if not pending:
+                        break
+                    if tracker.due():
+                        tracker.report(await self.store.count_running(list(pending)))
+                    if deadline is not None and time.monotonic() >= deadline:
+                        await self._expire(batch_id, pending, results, by_job_id)
             except REDIS_DOWN as err:
                 # Every step is a read or an idempotent write; the full check finds what a lost
                 # reply (e.g. a popped done list) hid.
@@ -381,19 +387,20 @@ class _Outage:
             raise err
         delay = REDIS_BACKOFF_S[min(self.failures, len(REDIS_BACKOFF_S) - 1)]
         self.failures += 1
-        logger.warning("Redis unreachable (%s); trying again in %.2f s", err, delay)
+        logger.warning("Redis unreachable (%s); trying again in %.2f s", str(err) or repr(err), delay)
         await asyncio.sleep(delay)
 
     def over(self) -> None:
         self.failures, self.since = 0, None
 
 
-async def _outlasting_outages(step: Callable[[], Awaitable[_T]]) -> _T:
+async def _outlasting_outages(step: Callable[[], Awaitable[_T]], timeout_s: float) -> _T:
     """``await step()``, again after a backoff while Redis is unreachable (``step`` must be idempotent)."""
     outage = _Outage()
     while True:
         try:
-            return await step()
+            async with asyncio.timeout(timeout_s):
+                return await step()
         except REDIS_DOWN as err:
             await outage.backoff(err)
 

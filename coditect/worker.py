@@ -96,7 +96,8 @@ class CoditectWorker(Worker):
             return
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
         with contextlib.suppress(RedisError, OSError):
-            await self.pool.delete(self.health_check_key)
+            async with asyncio.timeout(self.lease_s):
+                await self.pool.delete(self.health_check_key)
         if self.on_shutdown:
             await self.on_shutdown(self.ctx)
         await self.pool.aclose(close_connection_pool=True)
@@ -127,6 +128,7 @@ class CoditectWorker(Worker):
             queue_name=self.queue_name,
             token=self._token,
             channel=wake_channel(self.queue_name),
+            reply_timeout_s=self.lease_s,
         )
         self._flusher.start()
         helpers = [
@@ -151,21 +153,26 @@ class CoditectWorker(Worker):
         while True:
             self._wake.clear()
             try:
-                claimed = limit = 0
-                if self.allow_pick_jobs:
-                    limit = min(self.max_jobs - len(self.tasks), MAX_CLAIM)
-                    if limit > 0:
-                        claimed = await self._claim_jobs(limit)
-                if time.monotonic() >= next_housekeeping:
-                    await self._housekeeping()
-                    next_housekeeping = time.monotonic() + self.poll_delay_s
-                if self.burst and await self._burst_done():
+                # A reply that never comes (a connection dropped without an RST) must not stop the
+                # loop: after a lease, redis-py drops that connection and the next call opens another.
+                async with asyncio.timeout(self.lease_s):
+                    claimed = limit = 0
+                    if self.allow_pick_jobs:
+                        limit = min(self.max_jobs - len(self.tasks), MAX_CLAIM)
+                        if limit > 0:
+                            claimed = await self._claim_jobs(limit)
+                    if time.monotonic() >= next_housekeeping:
+                        await self._housekeeping()
+                        next_housekeeping = time.monotonic() + self.poll_delay_s
+                if self.burst and await self._burst_done():  # it waits for running jobs: no timeout
                     return
                 failures = 0
-            except (RedisError, OSError) as err:
+            except (RedisError, OSError) as err:  # OSError includes the TimeoutError above
                 delay = BACKOFF_S[min(failures, len(BACKOFF_S) - 1)]
                 failures += 1
-                logger.warning("redis error in worker loop (%s); retrying in %.2f s", err, delay)
+                logger.warning(
+                    "redis error in worker loop (%s); retrying in %.2f s", str(err) or repr(err), delay
+                )
                 await asyncio.sleep(delay)
                 continue
             if claimed and claimed == limit:
@@ -227,11 +234,12 @@ class CoditectWorker(Worker):
             for start in range(0, len(job_ids), 1000):
                 chunk = job_ids[start : start + 1000]
                 try:
-                    await self._heartbeat_script(
-                        keys=[self.queue_name], args=[_now_ms(), self._lease_ms, self._token, *chunk]
-                    )
+                    async with asyncio.timeout(interval):
+                        await self._heartbeat_script(
+                            keys=[self.queue_name], args=[_now_ms(), self._lease_ms, self._token, *chunk]
+                        )
                 except (RedisError, OSError) as err:
-                    logger.warning("renewing %d lease(s) failed: %s", len(chunk), err)
+                    logger.warning("renewing %d lease(s) failed: %s", len(chunk), str(err) or repr(err))
 
     # -- one job ------------------------------------------------------------------------------
 

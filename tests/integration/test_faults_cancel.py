@@ -6,7 +6,7 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,10 @@ from tests.support.faults import (
     NO_LEFTOVERS,
     ScriptAgents,
     eventually,
+    kill_groups,
     leftovers,
     process_gone,
+    run_command,
     script_agents,
 )
 
@@ -29,8 +31,10 @@ StartWorkers = Callable[..., Any]
 
 
 @pytest.fixture
-def sleepers(tmp_path: Path) -> ScriptAgents:
-    return script_agents(tmp_path, sleep_s=60)
+def sleepers(tmp_path: Path) -> Iterator[ScriptAgents]:
+    agents = script_agents(tmp_path, sleep_s=60)
+    yield agents
+    kill_groups([pid for _, pid in agents.entries()])  # a failed test may leave scripts sleeping
 
 
 @pytest.fixture
@@ -82,14 +86,11 @@ async def test_coditect_cancel_dequeues_waiting_tasks_and_aborts_running_ones(
             started = await eventually(
                 lambda: _at_least(2, sleepers.entries()), timeout_s=15, what="2 scripts to start"
             )
-            cancel = await asyncio.create_subprocess_exec(
+            code, out, err = await run_command(
                 sys.executable, "-m", "coditect", "cancel", "doomed", "--json",
-                "--redis-url", real_settings.redis_url,
-                env=worker_env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                "--redis-url", real_settings.redis_url, env=worker_env,
             )  # fmt: skip
-            async with asyncio.timeout(30):
-                out, err = await cancel.communicate()
-            assert cancel.returncode == 0, err.decode()
+            assert code == 0, err.decode()
             assert json.loads(out) == {"batch_id": "doomed", "dequeued": 4, "aborted": 2}
             results = await asyncio.wait_for(asyncio.shield(waiting), 15)
         finally:

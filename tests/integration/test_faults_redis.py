@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 import redis.asyncio
 
+from coditect import orchestrator
 from coditect.models import AgentTask, ExecutionResult, ExecutionStatus
 from coditect.orchestrator import ProjectOrchestrator
 from coditect.settings import Settings
 from tests.fake_provider import refused_port
-from tests.support.faults import NO_LEFTOVERS, eventually, leftovers
+from tests.support.faults import NO_LEFTOVERS, eventually, leftovers, run_command
 from tests.support.redis_server import RedisServer
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.workers import WorkerProcess
@@ -52,8 +53,10 @@ async def own_redis(tmp_path: Path) -> AsyncIterator[Callable[[bool], Awaitable[
 async def restart(server: RedisServer) -> None:
     """Start ``server`` again on its port, with whatever it persisted."""
     restarted = RedisServer(server.workdir, appendonly=server.appendonly, port=server.port)
-    await asyncio.to_thread(restarted.start)
-    server.process = restarted.process
+    try:
+        await asyncio.to_thread(restarted.start)
+    finally:
+        server.process = restarted.process  # the fixture stops it, whatever happens
 
 
 async def results_written(client: redis.asyncio.Redis) -> int:
@@ -177,6 +180,56 @@ async def test_a_batch_completes_while_every_redis_connection_is_cut_every_one_a
         assert await leftovers(client) == NO_LEFTOVERS
 
 
+@pytest.mark.timeout(60)
+async def test_the_orchestrator_drops_connections_that_went_silent_and_carries_on(
+    redis_url: str,
+    redis_server: RedisServer,
+    start_workers: StartWorkers,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # No RST, no FIN: the replies just stop coming (a NAT or firewall that forgot the connection).
+    caplog.set_level(logging.WARNING, logger="coditect")
+    monkeypatch.setattr(orchestrator, "REDIS_REPLY_TIMEOUT_S", 1.0)
+    # Three rounds of two tasks, straight to Redis, not through the proxy.
+    await start_workers(1, CODITECT_OFFLINE_LATENCY_S="0.5", CODITECT_MAX_JOBS="2")
+    async with (
+        TcpProxy(redis_server.port) as proxy,
+        redis.asyncio.Redis.from_url(redis_url) as client,
+        ProjectOrchestrator(Settings(_env_file=None, redis_url=proxy.url)) as orch,
+    ):
+        assert proxy.freeze_all() == 1  # the pooled connection the batch will be enqueued on
+        run = asyncio.create_task(orch.run_batch(tasks(6, "f"), batch_id="silent"))
+        try:
+            await eventually(lambda: _at_least(1, results_written(client)), timeout_s=15, what="a result")
+            assert proxy.freeze_all() >= 1  # the connection the orchestrator now waits on
+            results = await asyncio.wait_for(asyncio.shield(run), 15)
+        finally:
+            run.cancel()
+            await asyncio.gather(run, return_exceptions=True)
+    assert [r.status for r in results] == [ExecutionStatus.SUCCESS] * 6
+    silences = [r for r in caplog.records if r.getMessage().startswith("Redis unreachable (TimeoutError")]
+    assert len(silences) >= 2
+
+
+@pytest.mark.timeout(60)
+async def test_a_worker_drops_connections_that_went_silent_and_carries_on(
+    real_settings: Settings, redis_server: RedisServer, start_workers: StartWorkers
+) -> None:
+    async with TcpProxy(redis_server.port) as proxy:
+        (worker,) = await start_workers(
+            1, CODITECT_REDIS_URL=proxy.url, CODITECT_LEASE_S="2", CODITECT_OFFLINE_LATENCY_S="0.2"
+        )
+        # Its claim loop's and its wake-up channel's connections, at least.
+        await eventually(lambda: _ready(proxy.open_connections >= 2), timeout_s=5, what="2 connections")
+        assert proxy.freeze_all() >= 2
+        async with ProjectOrchestrator(real_settings) as orch:  # straight to Redis
+            results = await asyncio.wait_for(orch.run_batch(tasks(6, "w"), batch_id="mute"), 20)
+        assert alive([worker])
+    assert [r.status for r in results] == [ExecutionStatus.SUCCESS] * 6
+    assert any("redis error in worker loop (TimeoutError" in line for line in worker.lines), worker.lines
+
+
 # -- 3d. Redis unreachable when a command starts -----------------------------------------------
 
 
@@ -189,14 +242,11 @@ async def test_a_command_against_unreachable_redis_exits_2_with_one_line_naming_
     with refused_port() as port:
         url = f"redis://127.0.0.1:{port}"
         started = time.monotonic()
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "coditect", command, str(batch_file), "--redis-url", url,
-            env=worker_env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        async with asyncio.timeout(30):
-            out, err = await proc.communicate()
+        code, out, err = await run_command(
+            sys.executable, "-m", "coditect", command, str(batch_file), "--redis-url", url, env=worker_env
+        )
         elapsed = time.monotonic() - started
-    assert proc.returncode == 2
+    assert code == 2
     assert out == b""
     lines = err.decode().splitlines()
     assert len(lines) == 1, lines

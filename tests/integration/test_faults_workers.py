@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -191,12 +193,32 @@ async def test_sigterm_with_a_long_grace_lets_running_tasks_finish_and_leaves_th
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "command", [None, [sys.executable, "-m", "coditect", "worker"]], ids=["arq", "coditect-worker"]
+)
 async def test_sigterm_with_a_short_grace_puts_running_tasks_back_for_another_worker(
-    real_settings: Settings, start_workers: StartWorkers, client: redis.asyncio.Redis
+    real_settings: Settings,
+    start_workers: StartWorkers,
+    client: redis.asyncio.Redis,
+    worker_env: dict[str, str],
+    command: list[str] | None,
 ) -> None:
-    (worker,) = await start_workers(
-        1, CODITECT_SHUTDOWN_GRACE_S="1", CODITECT_OFFLINE_LATENCY_S="3", CODITECT_MAX_JOBS="3"
-    )
+    env = {"CODITECT_SHUTDOWN_GRACE_S": "1", "CODITECT_OFFLINE_LATENCY_S": "3", "CODITECT_MAX_JOBS": "3"}
+    async with started(WorkerProcess({**worker_env, **env}, command)) as worker:
+        await _put_back_and_finish_elsewhere(real_settings, start_workers, client, worker)
+
+
+@contextlib.asynccontextmanager
+async def started(worker: WorkerProcess) -> AsyncIterator[WorkerProcess]:
+    try:
+        yield await worker.start()
+    finally:
+        await worker.stop()
+
+
+async def _put_back_and_finish_elsewhere(
+    real_settings: Settings, start_workers: StartWorkers, client: redis.asyncio.Redis, worker: WorkerProcess
+) -> None:
     batch = tasks(3, "s")
     async with ProjectOrchestrator(real_settings) as orch:
         await orch.submit(batch, batch_id="short")

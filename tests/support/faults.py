@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -108,6 +111,29 @@ def script_agents(folder: Path, sleep_s: float) -> ScriptAgents:
     agents = folder / "agents.json"
     agents.write_text(json.dumps({"agents": [{"name": "sleeper", "mode": "script", "timeout_s": 600}]}))
     return ScriptAgents(scripts, agents, ledger)
+
+
+async def run_command(*args: str, env: dict[str, str], timeout_s: float = 30.0) -> tuple[int, bytes, bytes]:
+    """Run a command to its end: (exit code, stdout, stderr). Killed if it outlives ``timeout_s``."""
+    proc = await asyncio.create_subprocess_exec(
+        *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        async with asyncio.timeout(timeout_s):
+            out, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, out, err
+
+
+def kill_groups(pids: list[int]) -> None:
+    """SIGKILL the process groups of ``pids`` (script runs lead their own group), if still there."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
 
 
 def process_gone(pid: int) -> bool:

@@ -3,7 +3,9 @@
 ``TcpProxy(target_port)`` listens on 127.0.0.1:<free port> and forwards each connection to
 127.0.0.1:<target_port>. ``cut_all()`` resets every open connection at once (an RST on both
 sides, as a dropped network path or a restarted load balancer does); ``start_cutting(every_s,
-rounds)`` does that on a timer and stops by itself after ``rounds`` cuts. Loopback only, by design.
+rounds)`` does that on a timer and stops by itself after ``rounds`` cuts. ``freeze_all()`` is the
+quieter fault: every open connection stays open but nothing more crosses it, in either direction (a
+network path that lost its state without telling anyone); new connections work. Loopback only.
 
 It runs on the test's event loop: never block that loop (``Popen.wait()``) while it serves, or the
 processes behind it stall on their Redis calls.
@@ -31,6 +33,7 @@ class _Link:
     client: asyncio.StreamWriter
     server: asyncio.StreamWriter
     pumps: list[asyncio.Task[None]] = field(default_factory=list)
+    frozen: bool = False
 
     def reset(self) -> None:
         for writer in (self.client, self.server):
@@ -63,6 +66,10 @@ class TcpProxy:
     def url(self) -> str:
         return f"redis://{LOOPBACK}:{self.port}/0"
 
+    @property
+    def open_connections(self) -> int:
+        return len(self._links)
+
     async def start(self) -> TcpProxy:
         self._server = await asyncio.start_server(self._accept, LOOPBACK, 0)
         return self
@@ -85,8 +92,8 @@ class TcpProxy:
             return
         link = _Link(writer, upstream_writer)
         link.pumps = [
-            asyncio.create_task(self._pump(reader, upstream_writer)),
-            asyncio.create_task(self._pump(upstream_reader, writer)),
+            asyncio.create_task(self._pump(reader, upstream_writer, link)),
+            asyncio.create_task(self._pump(upstream_reader, writer, link)),
         ]
         self._links.add(link)
         try:
@@ -100,9 +107,11 @@ class TcpProxy:
                 side.transport.abort()
 
     @staticmethod
-    async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link: _Link) -> None:
         with contextlib.suppress(OSError):
             while data := await reader.read(CHUNK_BYTES):
+                if link.frozen:
+                    continue  # swallowed: the other side never hears of it
                 writer.write(data)
                 await writer.drain()
 
@@ -113,6 +122,13 @@ class TcpProxy:
             link.reset()
         self.cut += len(links)
         self.cut_rounds += 1
+        return len(links)
+
+    def freeze_all(self) -> int:
+        """Silently stop forwarding on every open connection (no RST, no FIN); returns how many."""
+        links = [link for link in self._links if not link.frozen]
+        for link in links:
+            link.frozen = True
         return len(links)
 
     def start_cutting(self, every_s: float, rounds: int) -> None:
