@@ -65,6 +65,10 @@ class BatchStore:
     async def save(self, record: BatchRecord) -> None:
         await self.redis.set(BATCH_KEY_PREFIX + record.id, record.model_dump_json(), ex=self.keep_result_s)
 
+    async def exists(self, batch_id: str) -> bool:
+        """Whether the batch's record is still in Redis (it goes when Redis loses its data)."""
+        return bool(await self.redis.exists(BATCH_KEY_PREFIX + batch_id))
+
     async def load(self, batch_id: str) -> BatchRecord | None:
         raw = await self.redis.get(BATCH_KEY_PREFIX + batch_id)
         return None if raw is None else BatchRecord.model_validate_json(raw)

@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
+from coditect.backoff import redis_backoff_s
+
 __all__ = ["FinishRecord", "ResultFlusher"]
 
 logger = logging.getLogger(__name__)
 
 MAX_RECORDS_PER_CALL = 500
-BACKOFF_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 REPLY_TIMEOUT_S = 10.0
 
 
@@ -84,7 +85,7 @@ class ResultFlusher:
                     async with asyncio.timeout(self._reply_timeout_s):
                         await self._script(keys=[self._queue_name], args=args)
                 except (RedisError, OSError) as err:  # OSError includes TimeoutError
-                    delay = BACKOFF_S[min(failures, len(BACKOFF_S) - 1)]
+                    delay = redis_backoff_s(failures)
                     failures += 1
                     logger.warning(
                         "writing %d result(s) failed (%s); retrying in %.2f s",

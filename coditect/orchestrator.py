@@ -18,6 +18,7 @@ from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from coditect.agents import AgentRegistry
+from coditect.backoff import redis_backoff_s
 from coditect.batches import CHUNK, BatchRecord, BatchStore, job_id_for
 from coditect.connections import create_redis_pool
 from coditect.embedded import EmbeddedBackend
@@ -34,7 +35,6 @@ FULL_CHECK_INTERVAL_S = 1.0
 BATCH_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 # While a batch is awaited, Redis may restart or drop connections: try again with backoff, and give
 # up only once it has been unreachable this long.
-REDIS_BACKOFF_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 REDIS_OUTAGE_LIMIT_S = 60.0
 # A reply that never comes (a connection dropped without an RST) ends after this; redis-py closes
 # the connection it was awaited on, and the next call opens a new one.
@@ -259,8 +259,9 @@ class ProjectOrchestrator:
     ) -> dict[str, ExecutionResult]:
         """Await the tasks' results: block on the batch's done list, with a full check every second.
 
-        The full check also finds jobs that Redis lost (restarted without persistence) and enqueues
-        those of ``resubmit`` again. ``fresh`` says every task was just enqueued, so none can have
+        When the batch stalls (nothing finished since the last full check) or its record is gone from
+        Redis, the full check also looks for jobs that Redis lost (restarted without persistence) and
+        enqueues those of ``resubmit`` again. ``fresh`` says every task was just enqueued, so none can have
         finished yet and the first full check can wait. ``deadline`` is a ``time.monotonic()`` value.
         """
         tracker = _tracker or _ProgressTracker(len(task_ids), on_progress)
@@ -268,6 +269,7 @@ class ProjectOrchestrator:
         by_job_id = {job_id_for(batch_id, task.id): task for task in resubmit}
         results: dict[str, ExecutionResult] = {}
         next_scan = time.monotonic() + FULL_CHECK_INTERVAL_S if fresh else 0.0
+        finished_since_check = 0
         outage = _Outage()
         while pending:
             try:
@@ -275,13 +277,17 @@ class ProjectOrchestrator:
                     now = time.monotonic()
                     if now >= next_scan:
                         found = await self.store.fetch_results(list(pending))
-                        await self._resubmit_lost(batch_id, [j for j in pending if j not in found], by_job_id)
+                        if by_job_id and (not finished_since_check or not await self.store.exists(batch_id)):
+                            unfinished = [job_id for job_id in pending if job_id not in found]
+                            await self._resubmit_lost(batch_id, unfinished, by_job_id)
                         next_scan = now + FULL_CHECK_INTERVAL_S
+                        finished_since_check = 0
                     else:
                         wait_s = next_scan - now if deadline is None else min(next_scan, deadline) - now
                         reported = await self.store.wait_done(batch_id, wait_s, expected=len(pending))
                         done = [job_id for job_id in reported if job_id in pending]
                         found = await self.store.fetch_results(done) if done else {}
+                        finished_since_check += len(found)
                     for job_id, result in found.items():
                         results[pending.pop(job_id)] = result
                         tracker.finished(result)
@@ -302,7 +308,7 @@ class ProjectOrchestrator:
         return results
 
     async def _resubmit_lost(self, batch_id: str, unfinished: list[str], tasks: dict[str, AgentTask]) -> None:
-        if not unfinished or not tasks:
+        if not unfinished:
             return
         lost = [tasks[job_id] for job_id in await self.store.missing(unfinished) if job_id in tasks]
         if lost:
@@ -385,7 +391,7 @@ class _Outage:
         self.since = now if self.since is None else self.since
         if now - self.since >= self.limit_s:
             raise err
-        delay = REDIS_BACKOFF_S[min(self.failures, len(REDIS_BACKOFF_S) - 1)]
+        delay = redis_backoff_s(self.failures)
         self.failures += 1
         logger.warning("Redis unreachable (%s); trying again in %.2f s", str(err) or repr(err), delay)
         await asyncio.sleep(delay)

@@ -37,6 +37,7 @@ from arq.utils import ms_to_datetime
 from arq.worker import Function, JobExecutionFailed, Retry, RetryJob, Worker
 from redis.exceptions import RedisError, ResponseError
 
+from coditect.backoff import redis_backoff_s
 from coditect.connections import create_arq_pool
 from coditect.flusher import FinishRecord, ResultFlusher
 from coditect.keys import CLAIM_LUA, FINISH_LUA, HEARTBEAT_LUA, done_key, split_job_id, wake_channel
@@ -47,7 +48,6 @@ __all__ = ["CoditectWorker", "adopt"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_LEASE_S = 10.0
-BACKOFF_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 MAX_CLAIM = 1000
 
 
@@ -168,7 +168,7 @@ class CoditectWorker(Worker):
                     return
                 failures = 0
             except (RedisError, OSError) as err:  # OSError includes the TimeoutError above
-                delay = BACKOFF_S[min(failures, len(BACKOFF_S) - 1)]
+                delay = redis_backoff_s(failures)
                 failures += 1
                 logger.warning(
                     "redis error in worker loop (%s); retrying in %.2f s", str(err) or repr(err), delay
@@ -221,7 +221,7 @@ class CoditectWorker(Worker):
                         if message["type"] == "message":
                             self._wake.set()
             except (RedisError, OSError) as err:
-                delay = BACKOFF_S[min(failures, len(BACKOFF_S) - 1)]
+                delay = redis_backoff_s(failures)
                 failures += 1
                 logger.debug("wake-up channel lost (%s); resubscribing in %.2f s", err, delay)
                 await asyncio.sleep(delay)
