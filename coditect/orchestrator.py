@@ -8,59 +8,31 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from arq.connections import ArqRedis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from coditect.agents import AgentRegistry
-from coditect.backoff import redis_backoff_s
+from coditect.backoff import REDIS_DOWN, Outage, outlasting_outages
 from coditect.batches import CHUNK, BatchRecord, BatchStore, job_id_for
+from coditect.batchgraph import check_batch, dependency_waves
 from coditect.connections import create_redis_pool
 from coditect.embedded import EmbeddedBackend
 from coditect.errors import TaskInputError
 from coditect.models import AgentTask, ExecutionResult, ExecutionStatus
+from coditect.progress import BatchProgress, ProgressCallback, ProgressTracker
 from coditect.settings import Settings
 
-__all__ = ["BatchProgress", "ProjectOrchestrator"]
+__all__ = ["BatchProgress", "ProjectOrchestrator", "check_batch", "dependency_waves"]
 
 logger = logging.getLogger(__name__)
 
-PROGRESS_INTERVAL_S = 0.2
 FULL_CHECK_INTERVAL_S = 1.0
 BATCH_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-# While a batch is awaited, Redis may restart or drop connections: try again with backoff, and give
-# up only once it has been unreachable this long.
-REDIS_OUTAGE_LIMIT_S = 60.0
 # A reply that never comes (a connection dropped without an RST) ends after this; redis-py closes
 # the connection it was awaited on, and the next call opens a new one.
 REDIS_REPLY_TIMEOUT_S = 10.0
-# NoScriptError: a failed-over Redis has not seen our scripts yet; sending again loads them.
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, NoScriptError, OSError)
-
-_T = TypeVar("_T")
-
-
-@dataclass(frozen=True, slots=True)
-class BatchProgress:
-    """A snapshot of a batch while it runs."""
-
-    total: int
-    done: int
-    running: int
-    failed: int
-    elapsed_s: float
-
-    @property
-    def queued(self) -> int:
-        return self.total - self.done - self.running
-
-
-ProgressCallback = Callable[[BatchProgress], None]
 
 
 def new_batch_id() -> str:
@@ -212,7 +184,7 @@ class ProjectOrchestrator:
         unsaved: BatchRecord | None = record
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         results: dict[str, ExecutionResult] = {}
-        tracker = _ProgressTracker(len(tasks), on_progress)
+        tracker = ProgressTracker(len(tasks), on_progress)
         for wave in dependency_waves(tasks):
             runnable: list[tuple[AgentTask, list[str]]] = []
             skipped: list[tuple[AgentTask, list[str]]] = []
@@ -232,7 +204,7 @@ class ProjectOrchestrator:
             enqueue = functools.partial(self.store.enqueue, batch_id, wave_tasks, record=unsaved)
             # Idempotent, so safe to send again; ten seconds per chunk of jobs before giving up on a reply.
             timeout_s = REDIS_REPLY_TIMEOUT_S * (1 + len(wave_tasks) // CHUNK)
-            added = await _outlasting_outages(enqueue, timeout_s)
+            added = await outlasting_outages(enqueue, timeout_s)
             unsaved = None
             results.update(
                 await self.wait(
@@ -255,7 +227,7 @@ class ProjectOrchestrator:
         on_progress: ProgressCallback | None = None,
         resubmit: Sequence[AgentTask] = (),
         fresh: bool = False,
-        _tracker: _ProgressTracker | None = None,
+        _tracker: ProgressTracker | None = None,
     ) -> dict[str, ExecutionResult]:
         """Await the tasks' results: block on the batch's done list, with a full check every second.
 
@@ -264,13 +236,13 @@ class ProjectOrchestrator:
         enqueues those of ``resubmit`` again. ``fresh`` says every task was just enqueued, so none can have
         finished yet and the first full check can wait. ``deadline`` is a ``time.monotonic()`` value.
         """
-        tracker = _tracker or _ProgressTracker(len(task_ids), on_progress)
+        tracker = _tracker or ProgressTracker(len(task_ids), on_progress)
         pending = {job_id_for(batch_id, task_id): task_id for task_id in task_ids}
         by_job_id = {job_id_for(batch_id, task.id): task for task in resubmit}
         results: dict[str, ExecutionResult] = {}
         next_scan = time.monotonic() + FULL_CHECK_INTERVAL_S if fresh else 0.0
         finished_since_check = 0
-        outage = _Outage()
+        outage = Outage()
         while pending:
             try:
                 async with asyncio.timeout(FULL_CHECK_INTERVAL_S + REDIS_REPLY_TIMEOUT_S):
@@ -376,101 +348,3 @@ class ProjectOrchestrator:
             raise TaskInputError(
                 f"unknown agent {task.agent!r}; known agents: {known}", field=f"{task.id}.agent"
             )
-
-
-class _Outage:
-    """Backoff while Redis is unreachable; gives up (re-raises) once it was down ``limit_s`` in a row."""
-
-    def __init__(self, limit_s: float = REDIS_OUTAGE_LIMIT_S) -> None:
-        self.limit_s = limit_s
-        self.failures = 0
-        self.since: float | None = None
-
-    async def backoff(self, err: Exception) -> None:
-        now = time.monotonic()
-        self.since = now if self.since is None else self.since
-        if now - self.since >= self.limit_s:
-            raise err
-        delay = redis_backoff_s(self.failures)
-        self.failures += 1
-        logger.warning("Redis unreachable (%s); trying again in %.2f s", str(err) or repr(err), delay)
-        await asyncio.sleep(delay)
-
-    def over(self) -> None:
-        self.failures, self.since = 0, None
-
-
-async def _outlasting_outages(step: Callable[[], Awaitable[_T]], timeout_s: float) -> _T:
-    """``await step()``, again after a backoff while Redis is unreachable (``step`` must be idempotent)."""
-    outage = _Outage()
-    while True:
-        try:
-            async with asyncio.timeout(timeout_s):
-                return await step()
-        except REDIS_DOWN as err:
-            await outage.backoff(err)
-
-
-class _ProgressTracker:
-    """Counts finished tasks and reports progress at most every ``PROGRESS_INTERVAL_S``."""
-
-    def __init__(self, total: int, callback: ProgressCallback | None) -> None:
-        self.total, self.callback = total, callback
-        self.done = self.failed = 0
-        self.started = time.monotonic()
-        self._last = 0.0
-
-    def finished(self, result: ExecutionResult) -> None:
-        self.done += 1
-        self.failed += 0 if result.succeeded else 1
-
-    def due(self) -> bool:
-        return self.callback is not None and time.monotonic() - self._last >= PROGRESS_INTERVAL_S
-
-    def report(self, running: int) -> None:
-        if self.callback is not None:
-            self._last = time.monotonic()
-            self.callback(
-                BatchProgress(self.total, self.done, running, self.failed, self._last - self.started)
-            )
-
-
-def check_batch(tasks: Sequence[AgentTask], agents: AgentRegistry) -> None:
-    """Refuse a batch with repeated ids, unknown dependencies, cycles or unknown agents."""
-    seen: set[str] = set()
-    for index, task in enumerate(tasks):
-        where = f"tasks[{index}]"
-        if task.id in seen:
-            raise TaskInputError(f"task id {task.id!r} appears more than once", field=f"{where}.id")
-        seen.add(task.id)
-        if task.agent not in agents:
-            known = ", ".join(agents.names)
-            raise TaskInputError(
-                f"unknown agent {task.agent!r}; known agents: {known}", field=f"{where}.agent"
-            )
-    ids = {task.id for task in tasks}
-    for index, task in enumerate(tasks):
-        for dep in task.depends_on:
-            if dep not in ids:
-                raise TaskInputError(
-                    f"depends on unknown task id {dep!r}", field=f"tasks[{index}].depends_on"
-                )
-    dependency_waves(tasks)
-
-
-def dependency_waves(tasks: Sequence[AgentTask]) -> list[list[AgentTask]]:
-    """Group tasks into waves: each task after every task it depends on. Input order within a wave."""
-    level: dict[str, int] = {}
-    remaining = list(tasks)
-    while remaining:
-        progressed = [t for t in remaining if all(dep in level for dep in t.depends_on)]
-        if not progressed:
-            cycle = ", ".join(t.id for t in remaining)
-            raise TaskInputError(f"dependency cycle among tasks {cycle}", field="depends_on")
-        for task in progressed:
-            level[task.id] = 1 + max((level[dep] for dep in task.depends_on), default=-1)
-        remaining = [t for t in remaining if t.id not in level]
-    waves: list[list[AgentTask]] = [[] for _ in range(max(level.values(), default=-1) + 1)]
-    for task in tasks:
-        waves[level[task.id]].append(task)
-    return waves

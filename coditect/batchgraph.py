@@ -1,0 +1,52 @@
+"""Checks on a batch as a whole: unique ids, known agents, and dependencies that form no cycle."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from coditect.agents import AgentRegistry
+from coditect.errors import TaskInputError
+from coditect.models import AgentTask
+
+__all__ = ["check_batch", "dependency_waves"]
+
+
+def check_batch(tasks: Sequence[AgentTask], agents: AgentRegistry) -> None:
+    """Refuse a batch with repeated ids, unknown dependencies, cycles or unknown agents."""
+    seen: set[str] = set()
+    for index, task in enumerate(tasks):
+        where = f"tasks[{index}]"
+        if task.id in seen:
+            raise TaskInputError(f"task id {task.id!r} appears more than once", field=f"{where}.id")
+        seen.add(task.id)
+        if task.agent not in agents:
+            known = ", ".join(agents.names)
+            raise TaskInputError(
+                f"unknown agent {task.agent!r}; known agents: {known}", field=f"{where}.agent"
+            )
+    ids = {task.id for task in tasks}
+    for index, task in enumerate(tasks):
+        for dep in task.depends_on:
+            if dep not in ids:
+                raise TaskInputError(
+                    f"depends on unknown task id {dep!r}", field=f"tasks[{index}].depends_on"
+                )
+    dependency_waves(tasks)
+
+
+def dependency_waves(tasks: Sequence[AgentTask]) -> list[list[AgentTask]]:
+    """Group tasks into waves: each task after every task it depends on. Input order within a wave."""
+    level: dict[str, int] = {}
+    remaining = list(tasks)
+    while remaining:
+        progressed = [t for t in remaining if all(dep in level for dep in t.depends_on)]
+        if not progressed:
+            cycle = ", ".join(t.id for t in remaining)
+            raise TaskInputError(f"dependency cycle among tasks {cycle}", field="depends_on")
+        for task in progressed:
+            level[task.id] = 1 + max((level[dep] for dep in task.depends_on), default=-1)
+        remaining = [t for t in remaining if t.id not in level]
+    waves: list[list[AgentTask]] = [[] for _ in range(max(level.values(), default=-1) + 1)]
+    for task in tasks:
+        waves[level[task.id]].append(task)
+    return waves
