@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
     from coditect.batchfile import BatchSpec
@@ -36,47 +36,6 @@ EXIT_OK = 0
 EXIT_NOT_ALL_SUCCEEDED = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
-
-DEMO_LATENCY_S = 0.5
-
-DEMO_TASKS: tuple[dict[str, Any], ...] = (
-    {
-        "id": "research",
-        "agent": "researcher",
-        "title": "Survey job queues for asyncio Python",
-        "description": "Compare ARQ, SAQ and Celery for running LLM calls concurrently.",
-    },
-    {
-        "id": "outline",
-        "agent": "writer",
-        "title": "Outline a guide to running LLM agents in parallel",
-        "description": "Five sections, one line each.",
-    },
-    {
-        "id": "code",
-        "agent": "coder",
-        "title": "Write an asyncio function that runs three coroutines concurrently",
-        "description": "Use asyncio.TaskGroup and return the results in order.",
-    },
-    {
-        "id": "faq",
-        "agent": "default",
-        "title": "List five questions a newcomer asks about task queues",
-    },
-    {
-        "id": "summary",
-        "agent": "writer",
-        "title": "Summarise ADR-001 in three sentences",
-        "description": "Async end to end: orchestrator, executor, LLM factory, provider on one event loop.",
-    },
-    {
-        "id": "review",
-        "agent": "reviewer",
-        "title": "Review the outline of the guide",
-        "description": "Point out missing sections and unclear steps.",
-        "depends_on": ["outline"],
-    },
-)
 
 
 class CliError(Exception):
@@ -141,25 +100,6 @@ async def _orchestrator(
         raise BackendUnavailableError(f"lost the connection to {where}: {err}") from err
 
 
-class _LiveLine:
-    """One line on a terminal, rewritten in place with ``\\r``."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-        self._width = 0
-
-    def show(self, text: str) -> None:
-        self.stream.write("\r" + text.ljust(self._width))
-        self.stream.flush()
-        self._width = len(text)
-
-    def clear(self) -> None:
-        if self._width:
-            self.stream.write("\r" + " " * self._width + "\r")
-            self.stream.flush()
-            self._width = 0
-
-
 @contextlib.contextmanager
 def _progress(enabled: bool) -> Iterator[Callable[[BatchProgress], None] | None]:
     """A progress callback that draws on stderr when it is a terminal; ``None`` otherwise."""
@@ -167,9 +107,9 @@ def _progress(enabled: bool) -> Iterator[Callable[[BatchProgress], None] | None]
     if not enabled or not stream.isatty():
         yield None
         return
-    from coditect.render import progress_line
+    from coditect.render import LiveLine, progress_line
 
-    line = _LiveLine(stream)
+    line = LiveLine(stream)
 
     def on_progress(progress: BatchProgress) -> None:
         line.show(progress_line(progress))
@@ -233,6 +173,7 @@ async def _run_and_print(
 
 
 async def _cmd_demo(args: argparse.Namespace) -> int:
+    from coditect.demo import DEMO_LATENCY_S, DEMO_TASKS
     from coditect.models import AgentTask
 
     overrides: dict[str, Any] = {

@@ -1,6 +1,7 @@
 """Terminal rendering for the CLI: the live progress line, the results table, the status summary.
 
-Pure functions that return strings; the CLI decides where they go. Only the standard library is
+Pure functions that return strings (the CLI decides where they go), and ``LiveLine``, which rewrites
+one line of a terminal in place. Only the standard library is
 imported at run time, so ``coditect --help`` stays fast.
 """
 
@@ -8,13 +9,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TextIO
 
 if TYPE_CHECKING:
     from coditect.models import ExecutionResult
 
 __all__ = [
     "STATUSES",
+    "LiveLine",
     "ProgressSnapshot",
     "excerpt",
     "format_duration",
@@ -158,3 +160,22 @@ def status_summary(batch_id: str, results: Sequence[ExecutionResult]) -> str:
     lines = [f"batch {batch_id}: {len(results)} task{'' if len(results) == 1 else 's'}"]
     lines += [f"  {status.ljust(width)}  {counts[status]:>{number}}" for status in STATUSES]
     return "\n".join(lines)
+
+
+class LiveLine:
+    """One line on a terminal, rewritten in place with ``\\r``."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self._width = 0
+
+    def show(self, text: str) -> None:
+        self.stream.write("\r" + text.ljust(self._width))
+        self.stream.flush()
+        self._width = len(text)
+
+    def clear(self) -> None:
+        if self._width:
+            self.stream.write("\r" + " " * self._width + "\r")
+            self.stream.flush()
+            self._width = 0

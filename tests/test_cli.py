@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 import redis
 
-from coditect.cli import DEMO_TASKS, main
+from coditect.cli import main
+from coditect.demo import DEMO_TASKS
 from coditect.models import ExecutionResult, ExecutionStatus, TokenUsage
 from coditect.orchestrator import BatchProgress
 from coditect.render import excerpt, progress_line, results_table, status_counts, summary_line
