@@ -278,9 +278,10 @@ class CoditectWorker(Worker):
             return self._done(job_id, name, job_try, enqueued_ms, False, asyncio.CancelledError(), started_ms)
         max_tries = self.max_tries if function.max_tries is None else function.max_tries
         if job_try > max_tries:
+            # Every earlier start ended without a result (a crash, a shutdown, a Retry): record those.
             self.jobs_failed += 1
             error = JobExecutionFailed(f"max {max_tries} retries exceeded")
-            return self._done(job_id, name, job_try, enqueued_ms, False, error, started_ms, function)
+            return self._done(job_id, name, max_tries, enqueued_ms, False, error, started_ms, function)
 
         ctx = {
             **self.ctx, "job_id": job_id, "job_try": job_try, "enqueue_time": ms_to_datetime(enqueued_ms),

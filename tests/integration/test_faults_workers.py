@@ -9,6 +9,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -245,3 +246,44 @@ async def _put_back_and_finish_elsewhere(
         assert result.status is ExecutionStatus.SUCCESS, result
         assert (result.attempts, pid_of(result)) == (2, successor.pid)
     assert await leftovers(client) == NO_LEFTOVERS
+
+
+@pytest.mark.timeout(60)
+async def test_a_task_that_kills_its_worker_every_time_fails_after_max_tries(
+    real_settings: Settings, start_workers: StartWorkers, tmp_path: Path
+) -> None:
+    """ARQ counts every start, crashes included: the task ends failed, and no worker is stuck on it."""
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    ledger = tmp_path / "ledger.txt"
+    (scripts / "execute_crasher.py").write_text(
+        "import os, signal\n"
+        f"open({str(ledger)!r}, 'a').write(f'{{os.getppid()}}\\n')\n"
+        "os.kill(os.getppid(), signal.SIGKILL)  # the worker running this script\n"
+    )
+    agents = tmp_path / "agents.json"
+    agents.write_text('{"agents": [{"name": "crasher", "mode": "script"}]}')
+    workers = await start_workers(
+        3,
+        CODITECT_LEASE_S="1",
+        CODITECT_MAX_TRIES="2",
+        CODITECT_SCRIPTS_DIR=str(scripts),
+        CODITECT_AGENTS_FILE=str(agents),
+    )
+    settings = real_settings.model_copy(update={"agents_file": agents})
+    async with ProjectOrchestrator(settings) as orch:
+        (result,) = await orch.run_batch(
+            [AgentTask(id="crash", title="take the worker down", agent="crasher")], timeout_s=30
+        )
+
+    assert result.status is ExecutionStatus.FAILED
+    assert result.error is not None
+    assert "max 2 retries exceeded" in result.error
+    assert result.attempts == 2
+    killed = [int(pid) for pid in ledger.read_text().split()]
+    assert len(killed) == 2
+    assert len(set(killed)) == 2  # two different workers each died once
+    alive = [w for w in workers if w.pid not in killed]
+    assert len(alive) == 1
+    assert alive[0].process is not None
+    assert alive[0].process.returncode is None
