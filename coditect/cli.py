@@ -36,6 +36,8 @@ EXIT_OK = 0
 EXIT_NOT_ALL_SUCCEEDED = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+# submit, status, results and cancel take a few round trips; this long means Redis has gone silent.
+ONE_SHOT_DEADLINE_S = 60.0
 
 
 class CliError(Exception):
@@ -78,11 +80,12 @@ def _require_redis(settings: Settings, command: str) -> None:
 
 @contextlib.asynccontextmanager
 async def _orchestrator(
-    settings: Settings, *, command: str, shared: bool
+    settings: Settings, *, command: str, shared: bool, answer_within_s: float | None = None
 ) -> AsyncIterator[ProjectOrchestrator]:
     """An open orchestrator; ``shared``: the command makes sense only with a Redis URL.
 
-    A Redis error while the command runs becomes ``BackendUnavailableError`` naming the URL.
+    A Redis error while the command runs becomes ``BackendUnavailableError`` naming the URL, and so
+    does a Redis that stops answering for ``answer_within_s`` (a connection gone silent).
     """
     if shared:
         _require_redis(settings, command)
@@ -94,10 +97,12 @@ async def _orchestrator(
 
     where = "the embedded Redis" if settings.embedded else f"Redis at {redact_url(settings.redis_url)}"
     try:
-        async with ProjectOrchestrator(settings) as orch:
+        async with asyncio.timeout(answer_within_s), ProjectOrchestrator(settings) as orch:
             yield orch
     except RedisError as err:
         raise BackendUnavailableError(f"lost the connection to {where}: {err}") from err
+    except TimeoutError as err:
+        raise BackendUnavailableError(f"{where} did not answer within {answer_within_s:g} s") from err
 
 
 @contextlib.contextmanager
@@ -205,14 +210,18 @@ async def _cmd_submit(args: argparse.Namespace) -> int:
     settings = _load_settings(args)
     _require_redis(settings, "submit")
     spec = _load_batch(args.file, settings)
-    async with _orchestrator(settings, command="submit", shared=True) as orch:
+    async with _orchestrator(
+        settings, command="submit", shared=True, answer_within_s=ONE_SHOT_DEADLINE_S
+    ) as orch:
         batch_id = await orch.submit(spec.tasks, batch_id=args.batch_id, name=spec.name)
     print(json.dumps({"batch_id": batch_id}) if args.json else batch_id)
     return EXIT_OK
 
 
 async def _cmd_status(args: argparse.Namespace) -> int:
-    async with _orchestrator(_load_settings(args), command="status", shared=True) as orch:
+    async with _orchestrator(
+        _load_settings(args), command="status", shared=True, answer_within_s=ONE_SHOT_DEADLINE_S
+    ) as orch:
         results = await orch.results(args.batch)
     from coditect.render import status_counts, status_summary
 
@@ -224,13 +233,17 @@ async def _cmd_status(args: argparse.Namespace) -> int:
 
 
 async def _cmd_results(args: argparse.Namespace) -> int:
-    async with _orchestrator(_load_settings(args), command="results", shared=True) as orch:
+    async with _orchestrator(
+        _load_settings(args), command="results", shared=True, answer_within_s=ONE_SHOT_DEADLINE_S
+    ) as orch:
         results = await orch.results(args.batch)
     return _print_results(results, as_json=args.json)
 
 
 async def _cmd_cancel(args: argparse.Namespace) -> int:
-    async with _orchestrator(_load_settings(args), command="cancel", shared=True) as orch:
+    async with _orchestrator(
+        _load_settings(args), command="cancel", shared=True, answer_within_s=ONE_SHOT_DEADLINE_S
+    ) as orch:
         dequeued, aborted = await orch.cancel(args.batch)
     if args.json:
         print(json.dumps({"batch_id": args.batch, "dequeued": dequeued, "aborted": aborted}))

@@ -686,3 +686,28 @@ def test_sigint_during_a_job_stops_at_once_and_requeues_it(
     client = redis.Redis.from_url(redis_url)
     assert not client.exists(f"arq:result:coditect:{batch_id}:slow")
     client.close()
+
+
+@pytest.mark.parametrize("command", ["status", "results", "cancel"])
+def test_a_redis_that_never_answers_ends_a_one_shot_command_with_exit_2(
+    command: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import coditect.cli
+
+    monkeypatch.setattr(coditect.cli, "ONE_SHOT_DEADLINE_S", 0.5)
+    with socket.socket() as black_hole:  # accepts connections (the kernel does), never answers
+        black_hole.bind(("127.0.0.1", 0))
+        black_hole.listen(8)
+        url = f"redis://:secret@127.0.0.1:{black_hole.getsockname()[1]}"
+        started = time.monotonic()
+        code = main([command, "b-1", "--redis-url", url])
+        elapsed = time.monotonic() - started
+
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert out == ""
+    port = url.rsplit(":", 1)[1]
+    assert (
+        err.strip() == f"coditect: error: Redis at redis://:***@127.0.0.1:{port} did not answer within 0.5 s"
+    )
+    assert elapsed < 5
