@@ -162,7 +162,9 @@ class BatchStore:
         for chunk in _chunks(job_ids):
             args: list[Any] = [now, self.keep_result_s * 1000]
             for job_id in chunk:
-                args += [job_id, _cancelled_payload(job_id, self.queue_name, reason, now)]
+                batch = split_job_id(job_id)
+                notify = done_key(batch[0]) if batch else ""
+                args += [job_id, _cancelled_payload(job_id, self.queue_name, reason, now), notify]
             done, stopped = await self._cancel(keys=[self.queue_name], args=args)
             dequeued, aborted = dequeued + int(done), aborted + int(stopped)
         return dequeued, aborted

@@ -175,11 +175,12 @@ if requeued > 0 then redis.call('PUBLISH', ARGV[2], requeued) end
 return requeued
 """
 
-# KEYS: queue. ARGV: now ms, result ttl ms, then (job id, cancelled-result payload) pairs.
-# A queued job is removed before any worker starts it; a running one is asked to abort.
+# KEYS: queue. ARGV: now ms, result ttl ms, then (job id, cancelled-result payload, done-list key
+# or '') triples. A queued job is removed before any worker starts it, and its batch's waiter told;
+# a running one is asked to abort.
 CANCEL_LUA = """
 local dequeued, aborted = 0, 0
-for i = 3, #ARGV, 2 do
+for i = 3, #ARGV, 3 do
   local id = ARGV[i]
   if redis.call('EXISTS', 'arq:in-progress:' .. id) == 1 then
     redis.call('ZADD', 'arq:abort', ARGV[1], id)
@@ -187,6 +188,10 @@ for i = 3, #ARGV, 2 do
   elseif redis.call('EXISTS', 'arq:result:' .. id) == 0 and redis.call('ZREM', KEYS[1], id) == 1 then
     redis.call('DEL', 'arq:job:' .. id, 'arq:retry:' .. id)
     redis.call('SET', 'arq:result:' .. id, ARGV[i + 1], 'PX', ARGV[2])
+    if ARGV[i + 2] ~= '' then
+      redis.call('RPUSH', ARGV[i + 2], id)
+      redis.call('PEXPIRE', ARGV[i + 2], ARGV[2])
+    end
     dequeued = dequeued + 1
   end
 end

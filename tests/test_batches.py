@@ -286,6 +286,7 @@ async def test_a_cancelled_job_never_runs_and_a_running_one_is_aborted(
     release = asyncio.Event()
     await store.enqueue("b1", [AgentTask(id="queued", title="q")])
     assert await store.cancel([job_id_for("b1", "queued")], "cancelled by user") == (1, 0)
+    assert await store.wait_done("b1", timeout_s=5) == [job_id_for("b1", "queued")]  # the waiter is told
 
     backend.worker([func(_recording_execute_task, name=JOB_NAME)], ctx={"ran": ran, "release": release})
     await store.enqueue("b1", [AgentTask(id="hold", title="h")])
