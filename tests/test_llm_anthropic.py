@@ -13,13 +13,13 @@ import pytest
 from coditect.errors import (
     ConfigurationError,
     PermanentProviderError,
-    ProviderError,
     TransientProviderError,
 )
 from coditect.llm.anthropic import DEFAULT_ANTHROPIC_MODEL, AnthropicLlm, create_anthropic_client
 from coditect.llm.base import LlmRequest, Message
 from coditect.settings import Settings
 from tests.fake_provider import ANTHROPIC_PATH, FakeProvider, refused_port
+from tests.support.provider_cases import PERMANENT_STATUS_HINTS, assert_key_hidden
 
 KEY = "sk-test-anthropic-5f1c9e0b7a2d"
 HELLO = [Message("user", "hello world")]
@@ -27,11 +27,6 @@ HELLO = [Message("user", "hello world")]
 
 def make_settings(base_url: str | None, **overrides: Any) -> Settings:
     return Settings(_env_file=None, anthropic_api_key=KEY, anthropic_base_url=base_url, **overrides)  # type: ignore[call-arg]
-
-
-def assert_key_hidden(err: ProviderError) -> None:
-    for text in (str(err), repr(err), err.message):
-        assert KEY not in text
 
 
 @pytest.fixture
@@ -140,18 +135,12 @@ async def test_retryable_statuses_are_transient_and_sent_once(
     assert f"fake provider error {status}" in err.message
     assert isinstance(err.__cause__, anthropic.APIStatusError)
     assert len(server.requests) == 1  # max_retries=0: the queue, not the SDK, retries
-    assert_key_hidden(err)
+    assert_key_hidden(err, KEY)
 
 
 @pytest.mark.parametrize(
     ("status", "hint"),
-    [
-        (400, "check the model name"),
-        (401, "the API key was refused"),
-        (403, "no permission"),
-        (404, "check the base URL and model name"),
-        (422, "not understood"),
-    ],
+    PERMANENT_STATUS_HINTS,
 )
 async def test_client_errors_are_permanent_and_sent_once(
     llm: AnthropicLlm, server: FakeProvider, status: int, hint: str
@@ -166,7 +155,7 @@ async def test_client_errors_are_permanent_and_sent_once(
     assert str(err).startswith(f"anthropic (HTTP {status}): the server's own explanation")
     assert hint in str(err)
     assert len(server.requests) == 1
-    assert_key_hidden(err)
+    assert_key_hidden(err, KEY)
 
 
 async def test_a_key_echoed_by_the_server_is_redacted(llm: AnthropicLlm, server: FakeProvider) -> None:
@@ -176,7 +165,7 @@ async def test_a_key_echoed_by_the_server_is_redacted(llm: AnthropicLlm, server:
         await llm.generate_content_async(HELLO)
 
     assert "invalid x-api-key: [redacted]" in str(caught.value)
-    assert_key_hidden(caught.value)
+    assert_key_hidden(caught.value, KEY)
 
 
 async def test_non_json_error_body_becomes_the_message(llm: AnthropicLlm, server: FakeProvider) -> None:
@@ -198,7 +187,7 @@ async def test_connection_refused_is_transient() -> None:
     err = caught.value
     assert str(err).startswith(f"anthropic: cannot connect to http://127.0.0.1:{port}")
     assert err.status_code is None
-    assert_key_hidden(err)
+    assert_key_hidden(err, KEY)
 
 
 async def test_read_timeout_is_transient_and_fast(server: FakeProvider) -> None:
@@ -214,7 +203,7 @@ async def test_read_timeout_is_transient_and_fast(server: FakeProvider) -> None:
     assert time.monotonic() - started < 2.0
     assert "request timed out after 0.2 s (read timeout" in str(caught.value)
     assert len(server.requests) == 1
-    assert_key_hidden(caught.value)
+    assert_key_hidden(caught.value, KEY)
 
 
 async def test_connection_reset_is_transient(llm: AnthropicLlm, server: FakeProvider) -> None:
@@ -224,7 +213,7 @@ async def test_connection_reset_is_transient(llm: AnthropicLlm, server: FakeProv
         await llm.generate_content_async(HELLO)
 
     assert len(server.requests) == 1
-    assert_key_hidden(caught.value)
+    assert_key_hidden(caught.value, KEY)
 
 
 @pytest.mark.parametrize("body", ["this is not json", {"unexpected": "shape"}])
@@ -268,7 +257,7 @@ async def test_other_sdk_errors_are_permanent_and_redacted(server: FakeProvider)
     finally:
         await client.close()
 
-    assert_key_hidden(caught.value)
+    assert_key_hidden(caught.value, KEY)
     assert server.requests == []
 
 

@@ -12,21 +12,17 @@ from typing import Any
 import httpx
 import pytest
 
-from coditect.errors import PermanentProviderError, ProviderError, TransientProviderError
+from coditect.errors import PermanentProviderError, TransientProviderError
 from coditect.llm.base import LlmRequest, Message
 from coditect.llm.factory import LlmFactory
 from coditect.llm.openai import OpenAiLlm
 from coditect.settings import Settings
 from tests.fake_provider import OPENAI_PATH, FakeProvider, refused_port
+from tests.support.provider_cases import PERMANENT_STATUS_HINTS, assert_key_hidden
 
 KEY = "sk-test-openai-8d3b6a41e2f0"
 HELLO = [Message("user", "hello world")]
 FAKE_PROVIDER_SCRIPT = Path(__file__).with_name("fake_provider.py")
-
-
-def assert_key_hidden(err: ProviderError) -> None:
-    for text in (str(err), repr(err), err.message):
-        assert KEY not in text
 
 
 @pytest.fixture
@@ -139,18 +135,12 @@ async def test_retryable_statuses_are_transient(
     assert err.retry_after_s == retry_after_s
     assert f"fake provider error {status}" in err.message
     assert len(server.requests) == 1
-    assert_key_hidden(err)
+    assert_key_hidden(err, KEY)
 
 
 @pytest.mark.parametrize(
     ("status", "hint"),
-    [
-        (400, "check the model name"),
-        (401, "the API key was refused"),
-        (403, "no permission"),
-        (404, "check the base URL and model name"),
-        (422, "not understood"),
-    ],
+    PERMANENT_STATUS_HINTS,
 )
 async def test_client_errors_are_permanent(
     llm: OpenAiLlm, server: FakeProvider, status: int, hint: str
@@ -165,7 +155,7 @@ async def test_client_errors_are_permanent(
     assert str(err).startswith(f"openai (HTTP {status}): the server's own explanation")
     assert hint in str(err)
     assert len(server.requests) == 1
-    assert_key_hidden(err)
+    assert_key_hidden(err, KEY)
 
 
 @pytest.mark.parametrize(
@@ -202,7 +192,7 @@ async def test_a_key_echoed_by_the_server_is_redacted(llm: OpenAiLlm, server: Fa
     with pytest.raises(PermanentProviderError, match=r"provided: \[redacted\]") as caught:
         await llm.generate_content_async(HELLO)
 
-    assert_key_hidden(caught.value)
+    assert_key_hidden(caught.value, KEY)
 
 
 async def test_connection_refused_is_transient(http: httpx.AsyncClient) -> None:
@@ -214,7 +204,7 @@ async def test_connection_refused_is_transient(http: httpx.AsyncClient) -> None:
     err = caught.value
     assert str(err).startswith(f"openai: cannot connect to http://127.0.0.1:{port}/v1: ConnectError")
     assert err.status_code is None
-    assert_key_hidden(err)
+    assert_key_hidden(err, KEY)
 
 
 async def test_read_timeout_is_transient_and_fast(server: FakeProvider) -> None:
