@@ -51,10 +51,10 @@ from benchmarks.harness import (
 )
 from benchmarks.metrics import CpuSample, FigureResult, Metric, Target
 from benchmarks.report import loadavg, machine_info, render_table, write_reports
+from coditect.client.orchestrator import ProjectOrchestrator
 from coditect.keys import job_id_for
 from coditect.llm.base import Message
 from coditect.llm.factory import LlmFactory
-from coditect.orchestrator import ProjectOrchestrator
 from coditect.settings import Settings
 from tests.fake_provider import FakeProvider
 

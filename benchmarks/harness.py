@@ -21,8 +21,8 @@ from typing import TypeVar
 import redis
 from arq.connections import ArqRedis, RedisSettings, create_pool
 
+from coditect.client.orchestrator import ProjectOrchestrator
 from coditect.models import AgentTask, ExecutionResult, ExecutionStatus
-from coditect.orchestrator import ProjectOrchestrator
 from coditect.settings import Settings
 from tests.support.redis_server import RedisServer
 from tests.support.workers import WorkerProcess

@@ -45,8 +45,8 @@ import redis.asyncio
 
 from benchmarks.harness import REPO_ROOT, Bench, started_redis
 from benchmarks.report import machine_info
+from coditect.client.orchestrator import ProjectOrchestrator
 from coditect.models import AgentTask, ExecutionResult, ExecutionStatus
-from coditect.orchestrator import ProjectOrchestrator
 from coditect.settings import Settings
 from tests.fake_provider import OPENAI_PATH, FakeProvider
 from tests.support.workers import WorkerProcess

@@ -31,17 +31,17 @@ _WHERE = {
     "TokenUsage": "coditect.models",
     "BaseLlm": "coditect.llm.base",
     "LlmFactory": "coditect.llm.factory",
-    "ProjectOrchestrator": "coditect.orchestrator",
+    "ProjectOrchestrator": "coditect.client.orchestrator",
     "Settings": "coditect.settings",
-    "TaskExecutor": "coditect.executor",
+    "TaskExecutor": "coditect.execution.executor",
 }
 
 if TYPE_CHECKING:
-    from coditect.executor import TaskExecutor
+    from coditect.client.orchestrator import ProjectOrchestrator
+    from coditect.execution.executor import TaskExecutor
     from coditect.llm.base import BaseLlm
     from coditect.llm.factory import LlmFactory
     from coditect.models import AgentConfig, AgentTask, ExecutionResult, ExecutionStatus, TokenUsage
-    from coditect.orchestrator import ProjectOrchestrator
     from coditect.settings import Settings
 
 

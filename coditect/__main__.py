@@ -1,5 +1,5 @@
 """``python -m coditect``: the same as the ``coditect`` command."""
 
-from coditect.cli import main
+from coditect.cli.app import main
 
 raise SystemExit(main())

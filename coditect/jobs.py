@@ -25,12 +25,12 @@ from arq.worker import Retry, Worker, func
 from pydantic import ValidationError
 
 from coditect.connections import SentinelArqRedis, close_pool, create_arq_pool, redis_settings_from
-from coditect.executor import TaskExecutor
+from coditect.engine.worker import adopt, calling_worker
+from coditect.execution.executor import TaskExecutor
 from coditect.logs import ensure_worker_logging
 from coditect.models import AgentTask, ExecutionResult, ExecutionStatus
 from coditect.serialization import job_deserializer, job_serializer
 from coditect.settings import Settings
-from coditect.worker import adopt, calling_worker
 
 __all__ = [
     "JOB_NAME",

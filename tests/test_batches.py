@@ -14,7 +14,7 @@ from arq.connections import ArqRedis
 from arq.jobs import serialize_result
 from arq.worker import func
 
-from coditect.batches import BatchRecord, BatchStore, result_from_arq
+from coditect.client.batches import BatchRecord, BatchStore, result_from_arq
 from coditect.jobs import JOB_NAME
 from coditect.keys import done_key, job_id_for, wake_channel
 from coditect.models import AgentTask, ExecutionResult, ExecutionStatus

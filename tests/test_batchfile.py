@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from coditect.agents import AgentRegistry
-from coditect.batchfile import load_batch_file
+from coditect.client.batchfile import load_batch_file
+from coditect.client.orchestrator import check_batch
 from coditect.errors import TaskInputError
 from coditect.models import MAX_PROMPT_CHARS, AgentTask
-from coditect.orchestrator import check_batch
 
 
 def write_json(tmp_path: Path, data: Any, name: str = "batch.json") -> Path:

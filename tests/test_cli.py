@@ -22,11 +22,11 @@ from typing import Any
 import pytest
 import redis
 
-from coditect.cli import main
-from coditect.demo import DEMO_TASKS
+from coditect.cli.app import main
+from coditect.cli.demo import DEMO_TASKS
+from coditect.cli.render import excerpt, progress_line, results_table, status_counts, summary_line
+from coditect.client.orchestrator import BatchProgress
 from coditect.models import ExecutionResult, ExecutionStatus, TokenUsage
-from coditect.orchestrator import BatchProgress
-from coditect.render import excerpt, progress_line, results_table, status_counts, summary_line
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 HEAVY_MODULES = ("arq", "anthropic", "pydantic", "pydantic_settings", "redis", "fakeredis", "httpx")
@@ -375,7 +375,7 @@ def test_console_script_help() -> None:
 def test_help_imports_no_heavy_module() -> None:
     code = (
         "import json, sys\n"
-        "from coditect.cli import main\n"
+        "from coditect.cli.app import main\n"
         "code = main(['--help'])\n"
         f"heavy = sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules)\n"
         "print('HEAVY=' + json.dumps(heavy), file=sys.stderr)\n"
@@ -692,9 +692,9 @@ def test_sigint_during_a_job_stops_at_once_and_requeues_it(
 def test_a_redis_that_never_answers_ends_a_one_shot_command_with_exit_2(
     command: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import coditect.cli
+    import coditect.cli.app
 
-    monkeypatch.setattr(coditect.cli, "ONE_SHOT_DEADLINE_S", 0.5)
+    monkeypatch.setattr(coditect.cli.app, "ONE_SHOT_DEADLINE_S", 0.5)
     with socket.socket() as black_hole:  # accepts connections (the kernel does), never answers
         black_hole.bind(("127.0.0.1", 0))
         black_hole.listen(8)

@@ -20,7 +20,7 @@ import pytest
 
 from coditect.agents import BUILTIN_AGENTS, AgentRegistry
 from coditect.errors import PermanentProviderError, TransientProviderError
-from coditect.executor import TaskExecutor
+from coditect.execution.executor import TaskExecutor
 from coditect.llm.base import BaseLlm, LlmRequest, LlmResponse, Message
 from coditect.llm.factory import LlmFactory
 from coditect.llm.offline import OfflineLlm
@@ -655,7 +655,7 @@ async def run_with(settings: Settings, llm: BaseLlm) -> ExecutionResult:
 async def test_unexpected_provider_exception_is_a_failed_result(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.ERROR, logger="coditect.executor"):
+    with caplog.at_level(logging.ERROR, logger="coditect.execution.executor"):
         result = await run_with(settings, ScriptedLlm(ValueError("bad number")))
 
     assert result.status is ExecutionStatus.FAILED

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from coditect.executor import TaskExecutor
+from coditect.execution.executor import TaskExecutor
 from coditect.models import AgentTask, ExecutionStatus
 from coditect.settings import Settings
 

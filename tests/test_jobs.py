@@ -18,8 +18,8 @@ from arq.worker import Retry, Worker, get_kwargs
 
 import coditect.jobs as jobs
 from coditect.agents import AgentRegistry
-from coditect.batches import BatchStore, result_from_arq
-from coditect.executor import TaskExecutor
+from coditect.client.batches import BatchStore, result_from_arq
+from coditect.execution.executor import TaskExecutor
 from coditect.jobs import (
     EMBEDDED_KEY,
     EXECUTOR_KEY,

@@ -170,7 +170,7 @@ def test_ensure_worker_logging_under_coditect_worker_masks_on_the_roots_handler(
 def test_log_config_for_arqs_custom_log_dict_masks_secrets(capsys: pytest.CaptureFixture[str]) -> None:
     logging.config.dictConfig(LOG_CONFIG)
     logging.getLogger("arq.worker").info("connecting to redis://:hunter2@redis:6379")
-    logging.getLogger("coditect.executor").warning("refused %s", KEY)
+    logging.getLogger("coditect.execution.executor").warning("refused %s", KEY)
     err = capsys.readouterr().err
     assert "redis://:***@redis:6379" in err
     assert "refused sk-ant-***" in err

@@ -14,14 +14,14 @@ import pytest
 from arq.connections import ArqRedis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-import coditect.orchestrator as orchestrator
+import coditect.client.orchestrator as orchestrator
 from coditect.agents import AgentRegistry
-from coditect.embedded import EmbeddedBackend
+from coditect.client.orchestrator import BatchProgress, ProjectOrchestrator, dependency_waves
+from coditect.engine.embedded import EmbeddedBackend
 from coditect.errors import TaskInputError
 from coditect.jobs import EMBEDDED_KEY, SETTINGS_KEY, worker_options
 from coditect.keys import job_id_for
 from coditect.models import AgentTask, ExecutionResult, ExecutionStatus
-from coditect.orchestrator import BatchProgress, ProjectOrchestrator, dependency_waves
 from coditect.settings import Settings
 from tests.support.fake_backend import FakeBackend, wait_until
 
@@ -265,7 +265,7 @@ async def test_jobs_lost_by_redis_are_enqueued_again(
 
     monkeypatch.setattr(orchestrator, "EmbeddedBackend", WorkersLater)
     queue = orch_settings.queue_name
-    caplog.set_level(logging.WARNING, logger="coditect.orchestrator")
+    caplog.set_level(logging.WARNING, logger="coditect.client.orchestrator")
     async with ProjectOrchestrator(orch_settings) as orch:
         redis = orch.redis
         running = asyncio.create_task(orch.execute_tasks_parallel(tasks(3), batch_id="lost"))
@@ -338,7 +338,7 @@ async def test_a_redis_outage_while_a_batch_runs_is_ridden_out(
 
     monkeypatch.setattr(store, "enqueue", enqueue)
     monkeypatch.setattr(store, "wait_done", wait_done)
-    caplog.set_level(logging.WARNING, logger="coditect.orchestrator")
+    caplog.set_level(logging.WARNING, logger="coditect.client.orchestrator")
 
     results = await orch.execute_tasks_parallel(tasks(3))
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from coditect.errors import ConfigurationError, ScriptError
-from coditect.scripts import ScriptOutput, ScriptRunner, _kill_and_reap
+from coditect.execution.legacy_scripts import ScriptOutput, ScriptRunner, _kill_and_reap
 
 WriteScript = Callable[[str, str], Path]
 
@@ -267,7 +267,7 @@ async def test_escaped_daemon_holding_the_pipes_cannot_hang_the_runner(
         open(sys.argv[0] + ".pid", "w").write(str(child.pid))
         """,
     )
-    monkeypatch.setattr("coditect.scripts._REAP_GRACE_S", 0.3)
+    monkeypatch.setattr("coditect.execution.legacy_scripts._REAP_GRACE_S", 0.3)
     procs: list[asyncio.subprocess.Process] = []
     spawn = asyncio.create_subprocess_exec
 
@@ -403,7 +403,7 @@ async def test_payload_is_never_logged(
     runner: ScriptRunner, write_script: WriteScript, caplog: pytest.LogCaptureFixture
 ) -> None:
     write_script("execute_echo.py", ECHO)
-    caplog.set_level(logging.DEBUG, logger="coditect.scripts")
+    caplog.set_level(logging.DEBUG, logger="coditect.execution.legacy_scripts")
 
     await runner.run("echo", "TOP-SECRET-PAYLOAD", timeout_s=10)
 

@@ -21,15 +21,15 @@ from arq.jobs import Job, JobResult
 from arq.worker import Retry, RetryJob, Worker, func
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from coditect.batches import BatchStore, result_from_arq
-from coditect.embedded import EmbeddedBackend
-from coditect.flusher import FinishRecord, ResultFlusher
+from coditect.client.batches import BatchStore, result_from_arq
+from coditect.engine.embedded import EmbeddedBackend
+from coditect.engine.flusher import FinishRecord, ResultFlusher
+from coditect.engine.worker import CoditectWorker, adopt, calling_worker
 from coditect.jobs import EMBEDDED_KEY, JOB_NAME, SETTINGS_KEY, startup, worker_options
 from coditect.keys import CLAIM_LUA, FINISH_LUA, done_key, job_id_for, wake_channel
 from coditect.models import AgentTask, ExecutionStatus
 from coditect.serialization import RemoteJobError, job_deserializer, job_serializer
 from coditect.settings import Settings
-from coditect.worker import CoditectWorker, adopt, calling_worker
 from tests.support.fake_backend import QUEUE, FakeBackend, now_ms, wait_until
 
 # -- job functions that report to the test through ctx["probe"] -----------------------------------
@@ -698,7 +698,7 @@ async def test_a_lost_wake_up_channel_is_subscribed_again(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="coditect.worker")
+    caplog.set_level(logging.DEBUG, logger="coditect.engine.worker")
     worker = start_worker(poll_delay=5)  # the engine starts at the next await
     real_pubsub = worker.pool.pubsub
     refusals: list[int] = []
@@ -823,7 +823,7 @@ async def test_a_failed_heartbeat_is_logged_and_the_job_still_finishes(
         raise RedisConnectionError("no route to host")
 
     worker._heartbeat_script = broken_heartbeat
-    caplog.set_level(logging.WARNING, logger="coditect.worker")
+    caplog.set_level(logging.WARNING, logger="coditect.engine.worker")
     await wait_until(lambda: _true("renewing 1 lease(s) failed: no route to host" in caplog.text))
     probe.release.set()
 

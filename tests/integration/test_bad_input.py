@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis
 
-from coditect.cli import main
+from coditect.cli.app import main
 
 MB = 1_000_000
 

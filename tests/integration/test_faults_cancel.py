@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import redis.asyncio
 
+from coditect.client.orchestrator import ProjectOrchestrator
 from coditect.models import AgentTask, ExecutionStatus
-from coditect.orchestrator import ProjectOrchestrator
 from coditect.settings import Settings
 from tests.support.faults import (
     NO_LEFTOVERS,

@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
+from coditect.client.orchestrator import ProjectOrchestrator
 from coditect.models import AgentTask, ExecutionResult, ExecutionStatus
-from coditect.orchestrator import ProjectOrchestrator
 from coditect.settings import Settings
 from tests.support.faults import eventually
 

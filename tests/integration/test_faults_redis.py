@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import redis.asyncio
 
-from coditect import orchestrator
+from coditect.client import orchestrator
+from coditect.client.orchestrator import ProjectOrchestrator
 from coditect.models import AgentTask, ExecutionResult, ExecutionStatus
-from coditect.orchestrator import ProjectOrchestrator
 from coditect.settings import Settings
 from tests.fake_provider import refused_port
 from tests.support.faults import NO_LEFTOVERS, eventually, leftovers, run_command

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import redis.asyncio
 
+from coditect.client.orchestrator import ProjectOrchestrator
 from coditect.keys import done_key, job_id_for
 from coditect.models import AgentTask, ExecutionResult, ExecutionStatus
-from coditect.orchestrator import ProjectOrchestrator
 from coditect.settings import Settings
 from tests.support.faults import NO_LEFTOVERS, eventually, held_by, leftovers
 from tests.support.workers import WorkerProcess

@@ -23,8 +23,8 @@ import pytest
 import redis.asyncio
 from pydantic import SecretStr
 
+from coditect.client.orchestrator import ProjectOrchestrator
 from coditect.models import AgentTask, ExecutionStatus
-from coditect.orchestrator import ProjectOrchestrator
 from coditect.settings import Settings
 
 StartWorkers = Callable[..., Any]

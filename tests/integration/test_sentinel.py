@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from coditect.client.orchestrator import BatchProgress, ProjectOrchestrator
 from coditect.models import AgentTask, ExecutionStatus
-from coditect.orchestrator import BatchProgress, ProjectOrchestrator
 from coditect.settings import Settings
 from tests.support.sentinel import SentinelCluster
 from tests.support.workers import WorkerProcess

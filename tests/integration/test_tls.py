@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from coditect.client.orchestrator import ProjectOrchestrator
 from coditect.connections import create_redis_pool
 from coditect.errors import BackendUnavailableError
 from coditect.models import AgentTask, ExecutionStatus
-from coditect.orchestrator import ProjectOrchestrator
 from coditect.settings import Settings
 from tests.support.tls import Certificates, TlsRedisServer, make_certificates
 from tests.support.workers import WorkerProcess

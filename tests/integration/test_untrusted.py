@@ -25,11 +25,11 @@ from typing import Any
 import pytest
 import redis.asyncio
 
-from coditect.batches import result_from_arq
+from coditect.client.batches import result_from_arq
+from coditect.client.orchestrator import ProjectOrchestrator
 from coditect.jobs import JOB_NAME
 from coditect.keys import done_key, job_id_for
 from coditect.models import AgentTask, ExecutionStatus
-from coditect.orchestrator import ProjectOrchestrator
 from coditect.serialization import job_deserializer, job_serializer
 from coditect.settings import Settings
 

@@ -12,10 +12,10 @@ from typing import Any
 
 from arq import create_pool
 
+from coditect.client.orchestrator import ProjectOrchestrator
 from coditect.connections import redis_settings_from
 from coditect.jobs import JOB_NAME, job_deserializer, job_serializer
 from coditect.models import AgentTask, ExecutionStatus
-from coditect.orchestrator import ProjectOrchestrator
 from coditect.settings import Settings
 
 StartWorkers = Callable[..., Any]

@@ -18,9 +18,9 @@ import pytest
 from arq.connections import ArqRedis
 from arq.worker import Function, Worker
 
+from coditect.engine.worker import CoditectWorker
 from coditect.keys import wake_channel
 from coditect.serialization import job_deserializer, job_serializer
-from coditect.worker import CoditectWorker
 
 __all__ = ["QUEUE", "FakeBackend", "now_ms", "wait_until"]
 

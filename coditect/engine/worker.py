@@ -39,7 +39,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from coditect.backoff import redis_backoff_s
 from coditect.connections import create_arq_pool
-from coditect.flusher import FinishRecord, ResultFlusher
+from coditect.engine.flusher import FinishRecord, ResultFlusher
 from coditect.keys import CLAIM_LUA, FINISH_LUA, HEARTBEAT_LUA, done_key, split_job_id, wake_channel
 from coditect.serialization import job_deserializer
 

@@ -12,10 +12,10 @@ import logging
 import fakeredis
 from arq.connections import ArqRedis
 
+from coditect.engine.worker import CoditectWorker
 from coditect.jobs import EMBEDDED_KEY, SETTINGS_KEY, worker_options
 from coditect.serialization import job_deserializer, job_serializer
 from coditect.settings import Settings
-from coditect.worker import CoditectWorker
 
 __all__ = ["EmbeddedBackend"]
 

@@ -15,13 +15,13 @@ from arq.connections import ArqRedis
 
 from coditect.agents import AgentRegistry
 from coditect.backoff import REDIS_DOWN, Outage, outlasting_outages
-from coditect.batches import CHUNK, BatchRecord, BatchStore, job_id_for
-from coditect.batchgraph import check_batch, dependency_waves
+from coditect.client.batches import CHUNK, BatchRecord, BatchStore, job_id_for
+from coditect.client.graph import check_batch, dependency_waves
+from coditect.client.progress import BatchProgress, ProgressCallback, ProgressTracker
 from coditect.connections import create_redis_pool
-from coditect.embedded import EmbeddedBackend
+from coditect.engine.embedded import EmbeddedBackend
 from coditect.errors import TaskInputError
 from coditect.models import AgentTask, ExecutionResult, ExecutionStatus
-from coditect.progress import BatchProgress, ProgressCallback, ProgressTracker
 from coditect.settings import Settings
 
 __all__ = ["BatchProgress", "ProjectOrchestrator", "check_batch", "dependency_waves"]

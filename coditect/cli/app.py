@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
-    from coditect.batchfile import BatchSpec
+    from coditect.client.batchfile import BatchSpec
+    from coditect.client.orchestrator import BatchProgress, ProjectOrchestrator
     from coditect.models import AgentTask, ExecutionResult
-    from coditect.orchestrator import BatchProgress, ProjectOrchestrator
     from coditect.settings import Settings
 
 __all__ = ["build_parser", "main"]
@@ -91,9 +91,9 @@ async def _orchestrator(
         _require_redis(settings, command)
     from redis.exceptions import RedisError
 
+    from coditect.client.orchestrator import ProjectOrchestrator
     from coditect.connections import redact_url
     from coditect.errors import BackendUnavailableError
-    from coditect.orchestrator import ProjectOrchestrator
 
     where = "the embedded Redis" if settings.embedded else f"Redis at {redact_url(settings.redis_url)}"
     try:
@@ -112,7 +112,7 @@ def _progress(enabled: bool) -> Iterator[Callable[[BatchProgress], None] | None]
     if not enabled or not stream.isatty():
         yield None
         return
-    from coditect.render import LiveLine, progress_line
+    from coditect.cli.render import LiveLine, progress_line
 
     line = LiveLine(stream)
 
@@ -128,9 +128,9 @@ def _progress(enabled: bool) -> Iterator[Callable[[BatchProgress], None] | None]
 def _load_batch(file: str, settings: Settings) -> BatchSpec:
     """Read a batch file and check it (ids, dependencies, agents) before anything touches Redis."""
     from coditect.agents import AgentRegistry
-    from coditect.batchfile import load_batch_file
+    from coditect.client.batchfile import load_batch_file
+    from coditect.client.orchestrator import check_batch
     from coditect.errors import TaskInputError
-    from coditect.orchestrator import check_batch
 
     spec = load_batch_file(Path(file))
     try:
@@ -152,7 +152,7 @@ def _print_results(
     if as_json:
         print(json.dumps([result.to_json_dict() for result in results], indent=2))
     else:
-        from coditect.render import results_table
+        from coditect.cli.render import results_table
 
         width = shutil.get_terminal_size((120, 24)).columns
         print(results_table(results, width=width, elapsed_s=elapsed_s))
@@ -178,7 +178,7 @@ async def _run_and_print(
 
 
 async def _cmd_demo(args: argparse.Namespace) -> int:
-    from coditect.demo import DEMO_LATENCY_S, DEMO_TASKS
+    from coditect.cli.demo import DEMO_LATENCY_S, DEMO_TASKS
     from coditect.models import AgentTask
 
     overrides: dict[str, Any] = {
@@ -223,7 +223,7 @@ async def _cmd_status(args: argparse.Namespace) -> int:
         _load_settings(args), command="status", shared=True, answer_within_s=ONE_SHOT_DEADLINE_S
     ) as orch:
         results = await orch.results(args.batch)
-    from coditect.render import status_counts, status_summary
+    from coditect.cli.render import status_counts, status_summary
 
     if args.json:
         print(json.dumps({"batch_id": args.batch, "total": len(results), "counts": status_counts(results)}))
@@ -276,9 +276,9 @@ async def _cmd_worker(args: argparse.Namespace) -> int:
     from redis.exceptions import RedisError
 
     from coditect.connections import redact_url, redis_settings_from
+    from coditect.engine.worker import CoditectWorker
     from coditect.errors import BackendUnavailableError
     from coditect.jobs import SETTINGS_KEY, worker_options
-    from coditect.worker import CoditectWorker
 
     # Built inside the running loop: ARQ installs its SIGINT/SIGTERM handlers on this loop, and on a
     # signal it cancels the worker's main task, which is how a worker is meant to stop.

@@ -38,7 +38,7 @@ _MIN_EXCERPT_WIDTH = 20
 
 
 class ProgressSnapshot(Protocol):
-    """What ``progress_line`` reads; ``coditect.orchestrator.BatchProgress`` has these fields."""
+    """What ``progress_line`` reads; ``coditect.client.orchestrator.BatchProgress`` has these fields."""
 
     @property
     def total(self) -> int: ...

@@ -21,6 +21,7 @@ from coditect.errors import (
     TransientProviderError,
     provider_error_for_status,
 )
+from coditect.execution.legacy_scripts import ScriptRunner
 from coditect.llm.base import LlmRequest, Message
 from coditect.llm.factory import LlmFactory
 from coditect.models import (
@@ -31,7 +32,6 @@ from coditect.models import (
     ExecutionStatus,
     TokenUsage,
 )
-from coditect.scripts import ScriptRunner
 from coditect.settings import Settings
 
 __all__ = ["TaskExecutor"]

@@ -1,0 +1,1 @@
+"""The client side: check batches, enqueue them and wait for their results."""

@@ -1,0 +1,1 @@
+"""The engine: workers that claim jobs, run them and write their results."""
