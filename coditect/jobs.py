@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from coditect.connections import SentinelArqRedis, close_pool, create_arq_pool, redis_settings_from
 from coditect.engine.worker import adopt, calling_worker
 from coditect.execution.executor import TaskExecutor
+from coditect.keys import JOB_NAME
 from coditect.logs import ensure_worker_logging
 from coditect.models import AgentTask, ExecutionResult, ExecutionStatus
 from coditect.serialization import job_deserializer, job_serializer
@@ -45,7 +46,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-JOB_NAME = "execute_task"
 JOB_TIMEOUT_GRACE_S = 5.0
 SETTINGS_KEY = "coditect_settings"
 EXECUTOR_KEY = "coditect_executor"

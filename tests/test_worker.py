@@ -26,7 +26,8 @@ from coditect.engine.embedded import EmbeddedBackend
 from coditect.engine.flusher import FinishRecord, ResultFlusher
 from coditect.engine.worker import CoditectWorker, adopt, calling_worker
 from coditect.jobs import EMBEDDED_KEY, JOB_NAME, SETTINGS_KEY, startup, worker_options
-from coditect.keys import CLAIM_LUA, FINISH_LUA, done_key, job_id_for, wake_channel
+from coditect.keys import done_key, job_id_for, leases_key, wake_channel
+from coditect.lua import script
 from coditect.models import AgentTask, ExecutionStatus
 from coditect.serialization import RemoteJobError, job_deserializer, job_serializer
 from coditect.settings import Settings
@@ -312,9 +313,11 @@ async def test_a_dead_workers_job_runs_again_after_its_lease(
     pool: ArqRedis, probe: Probe, start_worker: Callable[..., CoditectWorker]
 ) -> None:
     await pool.enqueue_job("echo", "x", _job_id="j1")
-    claim = pool.register_script(CLAIM_LUA)
+    claim = pool.register_script(script("claim"))
     claimed_ms = max(now_ms(), int(await pool.zscore(QUEUE, "j1")))  # ARQ rounds its timestamps
-    ((job_id, payload, job_try, _, aborted),) = await claim(keys=[QUEUE], args=[claimed_ms, 200, 10, "dead"])
+    ((job_id, payload, job_try, _, aborted),) = await claim(
+        keys=[QUEUE, leases_key(QUEUE)], args=[claimed_ms, 200, 10, "dead"]
+    )
     assert (job_id, job_try, aborted) == (b"j1", 1, 0)
     assert job_deserializer(payload)["f"] == "echo"
 
@@ -338,8 +341,10 @@ async def test_the_embedded_backend_keeps_the_in_progress_key_for_the_whole_leas
     try:
         await pool.set("arq:job:j1", b"{}")
         await pool.zadd(settings.queue_name, {"j1": 0})
-        claim = pool.register_script(CLAIM_LUA)
-        await claim(keys=[settings.queue_name], args=[now_ms(), 1000, 1, "token"])
+        claim = pool.register_script(script("claim"))
+        await claim(
+            keys=[settings.queue_name, leases_key(settings.queue_name)], args=[now_ms(), 1000, 1, "token"]
+        )
 
         assert await pool.pttl("arq:in-progress:j1") == 1000
     finally:
@@ -587,7 +592,7 @@ async def test_a_failing_hook_is_recorded_as_a_failed_job_and_the_worker_keeps_g
 
 
 async def test_the_finish_script_keeps_the_first_result_and_tells_the_batch(pool: ArqRedis) -> None:
-    finish = pool.register_script(FINISH_LUA)
+    finish = pool.register_script(script("finish"))
     job_id, done = job_id_for("b1", "t1"), done_key("b1")
     await pool.set(f"arq:job:{job_id}", b"{}")
     await pool.set(f"arq:retry:{job_id}", 1)
@@ -596,7 +601,9 @@ async def test_the_finish_script_keeps_the_first_result_and_tells_the_batch(pool
     await pool.zadd("arq:abort", {job_id: 1})
 
     for payload in (b"first", b"second"):
-        await finish(keys=[QUEUE], args=["tok", "ch", "done", job_id, payload, 30_000, done])
+        await finish(
+            keys=[QUEUE, leases_key(QUEUE)], args=["tok", "ch", "done", job_id, payload, 30_000, done]
+        )
 
     assert await pool.get(f"arq:result:{job_id}") == b"first"
     assert 29_000 < await pool.pttl(f"arq:result:{job_id}") <= 30_000
@@ -608,10 +615,10 @@ async def test_the_finish_script_keeps_the_first_result_and_tells_the_batch(pool
 
 
 async def test_the_finish_script_keeps_forever_or_not_at_all(pool: ArqRedis) -> None:
-    finish = pool.register_script(FINISH_LUA)
+    finish = pool.register_script(script("finish"))
 
     await finish(
-        keys=[QUEUE],
+        keys=[QUEUE, leases_key(QUEUE)],
         args=["tok", "ch", "done", "forever", b"r1", -1, "coditect:done:b1", "done", "never", b"r2", 0, ""],
     )
 
@@ -624,7 +631,7 @@ async def test_the_finish_script_keeps_forever_or_not_at_all(pool: ArqRedis) -> 
 async def test_the_finish_script_requeues_only_a_job_this_worker_holds(
     pool: ArqRedis, backend: FakeBackend
 ) -> None:
-    finish = pool.register_script(FINISH_LUA)
+    finish = pool.register_script(script("finish"))
     await pool.zadd(QUEUE, {"mine": 1, "theirs": 1})
     await pool.set("arq:in-progress:mine", "tok")
     await pool.set("arq:in-progress:theirs", "other")
@@ -632,7 +639,8 @@ async def test_the_finish_script_requeues_only_a_job_this_worker_holds(
     await listener.subscribe("ch")
     try:
         requeued = await finish(
-            keys=[QUEUE], args=["tok", "ch", "again", "mine", 5000, "", "", "again", "theirs", 6000, "", ""]
+            keys=[QUEUE, leases_key(QUEUE)],
+            args=["tok", "ch", "again", "mine", 5000, "", "", "again", "theirs", 6000, "", ""],
         )
         await listener.get_message(timeout=1)  # the subscribe confirmation
         message = await listener.get_message(timeout=1)

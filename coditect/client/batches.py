@@ -14,20 +14,23 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from arq.connections import ArqRedis
-from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
 from pydantic import BaseModel, Field
 
-from coditect.jobs import JOB_NAME
 from coditect.keys import (
+    ABORT_SET,
     BATCH_KEY_PREFIX,
-    CANCEL_LUA,
-    ENQUEUE_LUA,
+    IN_PROGRESS_PREFIX,
+    JOB_EXPIRY_EXTRA_MS,
+    JOB_NAME,
+    JOB_PREFIX,
+    RESULT_PREFIX,
     done_key,
     job_id_for,
     split_job_id,
     wake_channel,
 )
+from coditect.lua import script
 from coditect.models import AgentTask, ExecutionResult, ExecutionStatus
 from coditect.serialization import RemoteJobError, job_deserializer, job_serializer
 
@@ -36,7 +39,6 @@ __all__ = ["BatchRecord", "BatchStore", "job_id_for", "result_from_arq"]
 _T = TypeVar("_T")
 
 CHUNK = 500
-MIN_JOB_EXPIRY_MS = 86_400_000
 
 
 def _now_ms() -> int:
@@ -59,8 +61,8 @@ class BatchStore:
         self.redis = redis
         self.queue_name = queue_name
         self.keep_result_s = keep_result_s
-        self._enqueue = redis.register_script(ENQUEUE_LUA)
-        self._cancel = redis.register_script(CANCEL_LUA)
+        self._enqueue = redis.register_script(script("enqueue"))
+        self._cancel = redis.register_script(script("cancel"))
 
     async def save(self, record: BatchRecord) -> None:
         await self.redis.set(BATCH_KEY_PREFIX + record.id, record.model_dump_json(), ex=self.keep_result_s)
@@ -78,7 +80,7 @@ class BatchStore:
     ) -> int:
         """Enqueue ``tasks`` (and save ``record``) in one pipelined round trip; returns how many were new."""
         now = _now_ms()
-        expiry_ms = max(self.keep_result_s * 1000, MIN_JOB_EXPIRY_MS)
+        expiry_ms = max(self.keep_result_s * 1000, JOB_EXPIRY_EXTRA_MS)
         async with self.redis.pipeline(transaction=False) as pipe:
             if record is not None:
                 pipe.set(BATCH_KEY_PREFIX + record.id, record.model_dump_json(), ex=self.keep_result_s)
@@ -97,7 +99,7 @@ class BatchStore:
         """Results of whichever of ``job_ids`` have finished, in one round trip."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for chunk in _chunks(job_ids):
-                pipe.mget([result_key_prefix + job_id for job_id in chunk])
+                pipe.mget([RESULT_PREFIX + job_id for job_id in chunk])
             replies = await pipe.execute()
         found: dict[str, ExecutionResult] = {}
         values = (value for reply in replies for value in reply)
@@ -124,7 +126,7 @@ class BatchStore:
         """Those of ``job_ids`` whose job is not in Redis any more (e.g. Redis lost its data)."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
-                pipe.exists(job_key_prefix + job_id)
+                pipe.exists(JOB_PREFIX + job_id)
             flags = await pipe.execute()
         return [job_id for job_id, present in zip(job_ids, flags, strict=True) if not present]
 
@@ -134,7 +136,7 @@ class BatchStore:
             return 0
         async with self.redis.pipeline(transaction=False) as pipe:
             for chunk in _chunks(job_ids):
-                pipe.exists(*(in_progress_key_prefix + job_id for job_id in chunk))
+                pipe.exists(*(IN_PROGRESS_PREFIX + job_id for job_id in chunk))
             counts = await pipe.execute()
         return int(sum(counts))
 
@@ -142,8 +144,8 @@ class BatchStore:
         """Queued, running or pending (not in Redis) for each unfinished job, in order."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
-                pipe.exists(in_progress_key_prefix + job_id)
-                pipe.exists(job_key_prefix + job_id)
+                pipe.exists(IN_PROGRESS_PREFIX + job_id)
+                pipe.exists(JOB_PREFIX + job_id)
             flags = await pipe.execute()
         states = []
         for running, queued in zip(flags[::2], flags[1::2], strict=True):
@@ -170,7 +172,7 @@ class BatchStore:
         return dequeued, aborted
 
     async def pending_aborts(self) -> int:
-        return int(await self.redis.zcard(abort_jobs_ss))
+        return int(await self.redis.zcard(ABORT_SET))
 
 
 def result_from_arq(raw: bytes, job_id: str) -> ExecutionResult:

@@ -16,6 +16,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from coditect.backoff import redis_backoff_s
+from coditect.keys import leases_key
 
 __all__ = ["FinishRecord", "ResultFlusher"]
 
@@ -83,7 +84,7 @@ class ResultFlusher:
                 try:
                     # A reply that never comes (no RST) is given up on; the records are sent again.
                     async with asyncio.timeout(self._reply_timeout_s):
-                        await self._script(keys=[self._queue_name], args=args)
+                        await self._script(keys=[self._queue_name, leases_key(self._queue_name)], args=args)
                 except (RedisError, OSError) as err:  # OSError includes TimeoutError
                     delay = redis_backoff_s(failures)
                     failures += 1

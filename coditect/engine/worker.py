@@ -40,7 +40,8 @@ from redis.exceptions import RedisError, ResponseError
 from coditect.backoff import redis_backoff_s
 from coditect.connections import create_arq_pool
 from coditect.engine.flusher import FinishRecord, ResultFlusher
-from coditect.keys import CLAIM_LUA, FINISH_LUA, HEARTBEAT_LUA, done_key, split_job_id, wake_channel
+from coditect.keys import done_key, leases_key, split_job_id, wake_channel
+from coditect.lua import script
 from coditect.serialization import job_deserializer
 
 __all__ = ["CoditectWorker", "adopt"]
@@ -121,10 +122,10 @@ class CoditectWorker(Worker):
         self._token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._lease_ms = int(self.lease_s * 1000)
         self._wake = asyncio.Event()
-        self._claim = self.pool.register_script(CLAIM_LUA)
-        self._heartbeat_script = self.pool.register_script(HEARTBEAT_LUA)
+        self._claim = self.pool.register_script(script("claim"))
+        self._heartbeat_script = self.pool.register_script(script("heartbeat"))
         self._flusher = ResultFlusher(
-            self.pool.register_script(FINISH_LUA),
+            self.pool.register_script(script("finish")),
             queue_name=self.queue_name,
             token=self._token,
             channel=wake_channel(self.queue_name),
@@ -183,7 +184,10 @@ class CoditectWorker(Worker):
                         await self._wake.wait()
 
     async def _claim_jobs(self, limit: int) -> int:
-        rows = await self._claim(keys=[self.queue_name], args=[_now_ms(), self._lease_ms, limit, self._token])
+        rows = await self._claim(
+            keys=[self.queue_name, leases_key(self.queue_name)],
+            args=[_now_ms(), self._lease_ms, limit, self._token],
+        )
         for job_id_b, payload, job_try, score, aborted in rows:
             job_id = job_id_b.decode()
             task = asyncio.create_task(
@@ -236,7 +240,8 @@ class CoditectWorker(Worker):
                 try:
                     async with asyncio.timeout(interval):
                         await self._heartbeat_script(
-                            keys=[self.queue_name], args=[_now_ms(), self._lease_ms, self._token, *chunk]
+                            keys=[self.queue_name, leases_key(self.queue_name)],
+                            args=[_now_ms(), self._lease_ms, self._token, *chunk],
                         )
                 except (RedisError, OSError) as err:
                     logger.warning("renewing %d lease(s) failed: %s", len(chunk), str(err) or repr(err))
