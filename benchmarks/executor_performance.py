@@ -56,7 +56,7 @@ from coditect.keys import job_id_for
 from coditect.llm.base import Message
 from coditect.llm.factory import LlmFactory
 from coditect.settings import Settings
-from tests.fake_provider import FakeProvider
+from tests.support.fake_provider import FakeProvider
 
 FIGURE_TIMEOUT_S = 900.0
 ARQ_DEFAULT_POLL_S = 0.5  # ARQ 0.28: Worker(poll_delay=0.5) and Job.result(poll_delay=0.5)

@@ -48,7 +48,7 @@ from benchmarks.report import machine_info
 from coditect.client.orchestrator import ProjectOrchestrator
 from coditect.models import AgentTask, ExecutionResult, ExecutionStatus
 from coditect.settings import Settings
-from tests.fake_provider import OPENAI_PATH, FakeProvider
+from tests.support.fake_provider import OPENAI_PATH, FakeProvider
 from tests.support.workers import WorkerProcess
 
 WORKER_START_TIMEOUT_S = 60.0

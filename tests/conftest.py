@@ -1,14 +1,17 @@
-"""Shared fixtures: a clean environment for every test, so a developer's CODITECT_* never leaks in."""
+"""Shared fixtures: a clean environment for every test (a developer's CODITECT_* never leaks in), and
+the in-process Redis that unit tests run on."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from unittest import mock
 
 import pytest
+from arq.connections import ArqRedis
 
 from coditect.settings import Settings
+from tests.support.fake_backend import FakeBackend
 
 
 @pytest.fixture(autouse=True)
@@ -27,3 +30,15 @@ def clean_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 @pytest.fixture
 def settings() -> Settings:
     return Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+async def backend() -> AsyncIterator[FakeBackend]:
+    """An in-process Redis (fakeredis) with pools and workers on it, all closed after the test."""
+    async with FakeBackend() as backend:
+        yield backend
+
+
+@pytest.fixture
+def pool(backend: FakeBackend) -> ArqRedis:
+    return backend.pool()

@@ -12,7 +12,7 @@ import pytest
 from coditect.connections import create_redis_pool, redact_url, redis_settings_from
 from coditect.errors import BackendUnavailableError, ConfigurationError
 from coditect.settings import Settings
-from tests.fake_provider import refused_port
+from tests.support.fake_provider import refused_port
 
 
 def settings_for(url: str) -> Settings:

@@ -21,13 +21,13 @@ from tests.support.faults import eventually
 
 StartWorkers = Callable[..., Any]
 
-FAKE_PROVIDER = Path(__file__).resolve().parents[1] / "fake_provider.py"
+FAKE_PROVIDER = Path(__file__).resolve().parents[1] / "support" / "fake_provider.py"
 TEST_KEY = "sk-test-faults-0123456789"
 
 
 @pytest.fixture(scope="module")
 def fake_port() -> Iterator[int]:
-    """``tests/fake_provider.py`` as a process of its own, for every test of this module."""
+    """``tests/support/fake_provider.py`` as a process of its own, for every test of this module."""
     proc = subprocess.Popen(
         [sys.executable, str(FAKE_PROVIDER), "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
     )

@@ -18,7 +18,7 @@ from coditect.client import orchestrator
 from coditect.client.orchestrator import ProjectOrchestrator
 from coditect.models import AgentTask, ExecutionResult, ExecutionStatus
 from coditect.settings import Settings
-from tests.fake_provider import refused_port
+from tests.support.fake_provider import refused_port
 from tests.support.faults import NO_LEFTOVERS, eventually, leftovers, run_command
 from tests.support.redis_server import RedisServer
 from tests.support.tcp_proxy import TcpProxy

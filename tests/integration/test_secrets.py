@@ -35,9 +35,9 @@ KEY = f"sk-ant-test-SECRET-{SUFFIX}"
 
 @pytest.fixture
 async def fake_provider() -> AsyncIterator[str]:
-    """``tests/fake_provider.py`` as a process; its base URL."""
+    """``tests/support/fake_provider.py`` as a process; its base URL."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, str(ROOT / "tests" / "fake_provider.py"), "--port", "0",
+        sys.executable, str(ROOT / "tests" / "support" / "fake_provider.py"), "--port", "0",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     try:

@@ -16,7 +16,7 @@ In a test (a background thread, independent of any event loop)::
 
 As a process (for worker subprocesses)::
 
-    python tests/fake_provider.py --port 0 --latency-s 0.1    # prints the port, then serves until SIGTERM
+    python tests/support/fake_provider.py --port 0 --latency-s 0.1  # prints its port, serves until SIGTERM
 
 and script it over HTTP: ``POST /_fake/plan`` with ``plan()``'s keywords as a JSON object,
 ``GET /_fake/requests`` for the recorded requests, ``POST /_fake/clear`` to forget plans and requests.

@@ -17,12 +17,12 @@ from coditect.llm.base import LlmRequest, Message
 from coditect.llm.factory import LlmFactory
 from coditect.llm.openai import OpenAiLlm
 from coditect.settings import Settings
-from tests.fake_provider import OPENAI_PATH, FakeProvider, refused_port
+from tests.support.fake_provider import OPENAI_PATH, FakeProvider, refused_port
 from tests.support.provider_cases import PERMANENT_STATUS_HINTS, assert_key_hidden
 
 KEY = "sk-test-openai-8d3b6a41e2f0"
 HELLO = [Message("user", "hello world")]
-FAKE_PROVIDER_SCRIPT = Path(__file__).with_name("fake_provider.py")
+FAKE_PROVIDER_SCRIPT = Path(__file__).resolve().parents[1] / "support" / "fake_provider.py"
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pickle
 import re
 import signal
 import types
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,17 +126,6 @@ FUNCTIONS = [
     func(retry_job_once, name="retry_job_once"),
     func(echo, name="echo_forever", keep_result_forever=True),
 ]
-
-
-@pytest.fixture
-async def backend() -> AsyncIterator[FakeBackend]:
-    async with FakeBackend() as backend:
-        yield backend
-
-
-@pytest.fixture
-def pool(backend: FakeBackend) -> ArqRedis:
-    return backend.pool()
 
 
 @pytest.fixture

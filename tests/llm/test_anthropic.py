@@ -18,7 +18,7 @@ from coditect.errors import (
 from coditect.llm.anthropic import DEFAULT_ANTHROPIC_MODEL, AnthropicLlm, create_anthropic_client
 from coditect.llm.base import LlmRequest, Message
 from coditect.settings import Settings
-from tests.fake_provider import ANTHROPIC_PATH, FakeProvider, refused_port
+from tests.support.fake_provider import ANTHROPIC_PATH, FakeProvider, refused_port
 from tests.support.provider_cases import PERMANENT_STATUS_HINTS, assert_key_hidden
 
 KEY = "sk-test-anthropic-5f1c9e0b7a2d"

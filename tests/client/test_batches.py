@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import pickle
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,17 +21,6 @@ from coditect.serialization import job_serializer
 from tests.support.fake_backend import QUEUE, FakeBackend, now_ms, wait_until
 
 KEEP_S = 600
-
-
-@pytest.fixture
-async def backend() -> AsyncIterator[FakeBackend]:
-    async with FakeBackend() as backend:
-        yield backend
-
-
-@pytest.fixture
-def pool(backend: FakeBackend) -> ArqRedis:
-    return backend.pool()
 
 
 @pytest.fixture
