@@ -57,16 +57,30 @@ _FINAL_STATUSES = frozenset(
 
 
 class TokenUsage(BaseModel):
-    """Tokens a provider reported for one call (or the sum over calls)."""
+    """Tokens a provider reported for one call (or the sum over calls).
+
+    ``input_tokens`` counts the uncached input only, as Anthropic reports it; the prompt-cache
+    reads and writes are counted apart because they are priced apart.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     input_tokens: int = Field(default=0, ge=0)
     output_tokens: int = Field(default=0, ge=0)
+    cache_read_tokens: int = Field(default=0, ge=0)
+    cache_write_tokens: int = Field(default=0, ge=0)
 
     @property
     def total_tokens(self) -> int:
-        return self.input_tokens + self.output_tokens
+        return self.input_tokens + self.output_tokens + self.cache_read_tokens + self.cache_write_tokens
+
+    def __add__(self, other: TokenUsage) -> TokenUsage:
+        return TokenUsage(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            cache_read_tokens=self.cache_read_tokens + other.cache_read_tokens,
+            cache_write_tokens=self.cache_write_tokens + other.cache_write_tokens,
+        )
 
 
 class AgentTask(BaseModel):
@@ -120,6 +134,7 @@ class ExecutionResult(BaseModel):
     provider: str | None = None
     model: str | None = None
     usage: TokenUsage = Field(default_factory=TokenUsage)
+    cost_usd: float | None = Field(default=None, ge=0, description="None: a model without a known price.")
     attempts: int = Field(default=1, ge=0)
     started_at: datetime | None = None
     finished_at: datetime | None = None

@@ -29,6 +29,7 @@ CONTRACT_RESULT_KEYS = {
     "provider",
     "model",
     "usage",
+    "cost_usd",
     "attempts",
     "started_at",
     "finished_at",
@@ -119,8 +120,24 @@ def test_result_json_has_the_contract_keys_and_lower_case_status() -> None:
     data = ExecutionResult(task_id="t1", status=ExecutionStatus.TIMEOUT).to_json_dict()
 
     assert set(data) == CONTRACT_RESULT_KEYS
-    assert set(data["usage"]) == {"input_tokens", "output_tokens"}
+    assert set(data["usage"]) == {
+        "input_tokens",
+        "output_tokens",
+        "cache_read_tokens",
+        "cache_write_tokens",
+    }
+    assert data["cost_usd"] is None
     assert data["status"] == "timeout"
+
+
+def test_usage_adds_up_field_by_field() -> None:
+    first = TokenUsage(input_tokens=10, output_tokens=2, cache_read_tokens=100, cache_write_tokens=5)
+    second = TokenUsage(input_tokens=1, output_tokens=3, cache_write_tokens=7)
+
+    total = first + second
+
+    assert total == TokenUsage(input_tokens=11, output_tokens=5, cache_read_tokens=100, cache_write_tokens=12)
+    assert total.total_tokens == 128
 
 
 # --- ExecutionStatus ----------------------------------------------------------------------------

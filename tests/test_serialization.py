@@ -170,7 +170,12 @@ def test_datetimes_sets_and_pydantic_models_are_encoded() -> None:
     assert data["tags"] == ["a", "b", "c"]
     assert data["frozen"] == [1, 2]
     assert data["point"] == {"x": 1, "tags": []}
-    assert data["result"]["usage"] == {"input_tokens": 3, "output_tokens": 0}
+    assert data["result"]["usage"] == {
+        "input_tokens": 3,
+        "output_tokens": 0,
+        "cache_read_tokens": 0,
+        "cache_write_tokens": 0,
+    }
     assert data["result"]["started_at"] == "2024-05-01T12:30:00Z"
     assert ExecutionResult.model_validate(data["result"]) == result
 
