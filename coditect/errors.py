@@ -7,6 +7,7 @@ The tree::
     ├── TaskInputError              a batch file or task payload that is invalid (names file and field)
     ├── BackendUnavailableError     Redis cannot be reached (names the URL, never its password)
     ├── ScriptError                 a legacy agent script exited non-zero (carries its stderr)
+    ├── CapacityDeferred            no provider capacity for a while: the task goes back to the queue
     └── ProviderError               an LLM provider or agent endpoint call failed
         ├── TransientProviderError  worth retrying: 429, 529, 5xx, connection errors, timeouts
         └── PermanentProviderError  retrying cannot help: 400, 401, 403, 404, 422
@@ -20,6 +21,7 @@ import math
 
 __all__ = [
     "BackendUnavailableError",
+    "CapacityDeferred",
     "CoditectError",
     "ConfigurationError",
     "PermanentProviderError",
@@ -72,6 +74,15 @@ class ScriptError(CoditectError):
     def __str__(self) -> str:
         tail = self.stderr.strip()[-2000:]
         return f"script {self.script} exited with code {self.exit_code}" + (f": {tail}" if tail else "")
+
+
+class CapacityDeferred(CoditectError):
+    """The provider has no capacity for ``delay_s``: the engine puts the task back in the queue for that
+    long, and the wait does not count as an attempt."""
+
+    def __init__(self, delay_s: float, what: str = "") -> None:
+        super().__init__(f"no capacity for {delay_s:.2f} s" + (f": {what}" if what else ""))
+        self.delay_s = delay_s
 
 
 class ProviderError(CoditectError):

@@ -4,14 +4,18 @@ What coditect does with each ARQ outcome:
 
 - The executor returns a result for every task failure, so a job almost never raises.
 - A transient provider error (429, 529, 5xx, connection, timeout) raises ``arq.worker.Retry`` with a
-  delay that honours retry-after, else exponential backoff; ARQ puts the job back in the queue and
-  the worker slot is free while it waits. On the last try the job returns the failed result, with
+  delay that honours retry-after, else exponential backoff; the job goes back to the queue and the
+  worker slot is free while it waits. On the last try the job returns the failed result, with
   ``attempts`` and the last error.
 - A task over its timeout is cancelled by the executor and returns status ``timeout``; ARQ's own job
   timeout (ours plus a grace period) is only a backstop.
 - A payload that is not JSON, or not a task, fails that job with a clear error and never runs.
 - ARQ counts every start in ``job_try``, crashes included: a task whose worker died ``max_tries``
   times ends ``failed`` ("max N retries exceeded").
+
+``WorkerSettings`` is built from ``CODITECT_*`` when first looked up (importing this module reads no
+environment). Subclass it to add functions, cron jobs, hooks or options: the subclass keeps
+coditect's engine, queue, serializer and job (``coditect.engine.create.WorkerSettingsBase``).
 """
 
 from __future__ import annotations
@@ -21,15 +25,20 @@ import logging
 import random
 from typing import Any
 
-from arq.worker import Retry, Worker, func
+from arq.worker import Retry, func
 from pydantic import ValidationError
 
-from coditect.connections import SentinelArqRedis, close_pool, create_arq_pool, redis_settings_from
-from coditect.engine.worker import adopt, calling_worker
+from coditect.agents import AgentRegistry
+from coditect.connections import redis_settings_from
+from coditect.engine.arq_compat import SETTINGS_MARK, install
+from coditect.engine.context import JOB_RUN_KEY, JobRun
+from coditect.engine.create import WorkerSettingsBase
+from coditect.execution.context import RunContext
 from coditect.execution.executor import TaskExecutor
-from coditect.keys import JOB_NAME
+from coditect.keys import JOB_NAME, RESULT_PREFIX, job_id_for
 from coditect.logs import ensure_worker_logging
 from coditect.models import AgentTask, ExecutionResult, ExecutionStatus
+from coditect.results import result_from_arq
 from coditect.serialization import job_deserializer, job_serializer
 from coditect.settings import Settings
 
@@ -50,44 +59,32 @@ JOB_TIMEOUT_GRACE_S = 5.0
 SETTINGS_KEY = "coditect_settings"
 EXECUTOR_KEY = "coditect_executor"
 EMBEDDED_KEY = "coditect_embedded"
+AGENTS_KEY = "coditect_agents"
+WORKER_KEY = "coditect_worker"
 
 
 async def startup(ctx: dict[str, Any]) -> None:
-    """Create the worker's one TaskExecutor (and so its one HTTP pool)."""
+    """Create the worker's one TaskExecutor (and so its one HTTP pool); refuse a plain ARQ worker."""
+    if ctx.get(WORKER_KEY) is None:
+        raise RuntimeError(
+            "coditect's job needs coditect's engine, but this is a plain arq.worker.Worker: start it with "
+            "'coditect worker' or 'arq coditect.jobs.WorkerSettings', or build it with "
+            "coditect.engine.create.create_worker()"
+        )
     settings: Settings = ctx.get(SETTINGS_KEY) or Settings()
     ctx[SETTINGS_KEY] = settings
-    executor = TaskExecutor(settings)
-    executor.llm_factory.create(settings.provider)  # open the default provider's HTTP pool now
+    agents = ctx.get(AGENTS_KEY) or AgentRegistry.from_settings(settings)
+    executor = TaskExecutor(settings, agents=agents)
+    executor.llm_factory.create(settings.provider)  # open the default provider's client now: fail early
     ctx[EXECUTOR_KEY] = executor
     if not ctx.get(EMBEDDED_KEY):
         ensure_worker_logging()  # after the SDK import, which may add handlers of its own
-    worker = calling_worker()
-    if worker is not None:
-        adopt(worker, settings.lease_s)
-        await _replace_arq_sentinel_pool(worker, ctx)
     logger.info(
         "coditect worker ready: queue %s, provider %s, max_jobs %d",
         settings.queue_name,
         settings.provider,
         settings.max_jobs,
     )
-
-
-async def _replace_arq_sentinel_pool(worker: Worker, ctx: dict[str, Any]) -> None:
-    """Under ``arq coditect.jobs.WorkerSettings`` ARQ opened the pool; its Sentinel pool has no
-    connect timeout and leaves its sentinel connections open, so swap in coditect's."""
-    redis_settings = worker.redis_settings
-    if redis_settings is None or not redis_settings.sentinel or isinstance(worker.pool, SentinelArqRedis):
-        return
-    arq_pool = worker.pool
-    worker._pool = ctx["redis"] = await create_arq_pool(
-        redis_settings,
-        job_serializer=worker.job_serializer,
-        job_deserializer=worker.job_deserializer,
-        default_queue_name=worker.queue_name,
-        expires_extra_ms=worker.expires_extra_ms,
-    )
-    await close_pool(arq_pool)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
@@ -117,7 +114,7 @@ async def execute_task(
     except ValidationError as err:
         return _invalid_payload(task, err, job_try).to_json_dict()
     executor: TaskExecutor = ctx[EXECUTOR_KEY]
-    result = await executor.execute(parsed, agent, mode)
+    result = await executor.execute(parsed, agent, mode, run=await _run_context(ctx, parsed))
     result.attempts = job_try
     if result.retryable and job_try < settings.max_tries:
         delay = retry_delay_s(job_try, result.retry_after_s, settings)
@@ -126,6 +123,27 @@ async def execute_task(
         )
         raise Retry(defer=delay)
     return result.to_json_dict()
+
+
+async def _run_context(ctx: dict[str, Any], task: AgentTask) -> RunContext:
+    """The engine's side of a run: its slot, its dependencies' outputs, delegation through the batch."""
+    run: JobRun | None = ctx.get(JOB_RUN_KEY)
+    if run is None:
+        return RunContext()
+    if run.batch_id is None:
+        return RunContext(idle=run.idle, depth=run.depth)
+    from coditect.engine.delegation import BatchDelegator
+
+    inputs: dict[str, str] = {}
+    if task.depends_on:
+        job_ids = [job_id_for(run.batch_id, dep) for dep in task.depends_on]
+        values = await ctx["redis"].mget([RESULT_PREFIX + job_id for job_id in job_ids])
+        for dep, job_id, raw in zip(task.depends_on, job_ids, values, strict=True):
+            if raw is not None:
+                inputs[dep] = result_from_arq(raw, job_id).output
+    return RunContext(
+        idle=run.idle, inputs=inputs, delegator=BatchDelegator(ctx[WORKER_KEY], run), depth=run.depth
+    )
 
 
 def _invalid_payload(task: object, err: ValidationError, job_try: int) -> ExecutionResult:
@@ -174,18 +192,22 @@ def worker_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def worker_settings_class(settings: Settings) -> type:
+def worker_settings_class(settings: Settings) -> type[WorkerSettingsBase]:
     """An ARQ ``WorkerSettings`` class for ``settings``, every attribute on the class itself."""
-    attributes = {**worker_options(settings), "redis_settings": redis_settings_from(settings)}
+    redis_settings = None if settings.embedded else redis_settings_from(settings)
+    attributes = {**worker_options(settings), "redis_settings": redis_settings, SETTINGS_MARK: settings}
     doc = "ARQ worker settings for coditect, read from CODITECT_* when first imported."
-    return type("WorkerSettings", (), {"__module__": __name__, "__doc__": doc, **attributes})
+    return type(
+        "WorkerSettings", (WorkerSettingsBase,), {"__module__": __name__, "__doc__": doc, **attributes}
+    )
 
 
 def __getattr__(name: str) -> Any:
     # ``arq coditect.jobs.WorkerSettings`` looks the class up by name: build it then, so that
-    # importing this module (as the orchestrator does) never reads the environment.
+    # importing this module never reads the environment, and route ARQ's CLI to coditect's engine.
     if name == "WorkerSettings":
         cls = worker_settings_class(Settings())
+        install()
         globals()[name] = cls
         return cls
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -29,11 +29,16 @@ from arq.constants import retry_key_prefix as RETRY_PREFIX
 
 __all__ = [
     "ABORT_SET",
+    "BATCHES_KEY",
     "BATCH_KEY_PREFIX",
+    "BATCH_RUNNING_TTL_MS",
     "CRON_KEEP_IN_PROGRESS_S",
+    "DEAD_LETTERS_KEY",
     "DONE_KEY_PREFIX",
     "DONE_LIST_FOREVER_TTL_MS",
     "DONE_LIST_MIN_TTL_MS",
+    "EVENTS_KEY",
+    "EVENTS_KEY_PREFIX",
     "HEALTH_CHECK_SUFFIX",
     "IN_PROGRESS_PREFIX",
     "JOB_EXPIRY_EXTRA_MS",
@@ -43,6 +48,9 @@ __all__ = [
     "RESULT_PREFIX",
     "RETRY_COUNTER_TTL_S",
     "RETRY_PREFIX",
+    "WORKERS_KEY",
+    "WORKER_CHANNEL_PREFIX",
+    "WORKER_KEY_PREFIX",
     "done_key",
     "job_id_for",
     "leases_key",
@@ -55,8 +63,18 @@ JOB_NAME = "execute_task"
 # ARQ's worker sets this TTL on the retry counter at every start (a literal in arq.worker).
 RETRY_COUNTER_TTL_S = 88_400
 BATCH_KEY_PREFIX = "coditect:batch:"
+BATCHES_KEY = "coditect:batches"
+EVENTS_KEY = "coditect:events"
+EVENTS_KEY_PREFIX = "coditect:events:"
+WORKER_CHANNEL_PREFIX = "coditect:worker:"
+WORKERS_KEY = "coditect:workers"
+WORKER_KEY_PREFIX = "coditect:worker:"
+DEAD_LETTERS_KEY = "coditect:dead-letters"
 DONE_KEY_PREFIX = "coditect:done:"
 JOB_ID_PREFIX = "coditect:"
+# A batch's keys live this long while it runs (a worker refreshes them), and CODITECT_KEEP_RESULT_S
+# once it has finished.
+BATCH_RUNNING_TTL_MS = 7 * 86_400_000
 # A done list outlives a result kept for less than this, so a late waiter still hears of it.
 DONE_LIST_MIN_TTL_MS = 60_000
 # ... and a result kept forever leaves its done list for a day.

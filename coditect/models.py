@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
 __all__ = [
     "AgentConfig",
@@ -27,7 +27,9 @@ MAX_PROMPT_CHARS = 200_000
 
 TaskId = Annotated[str, Field(pattern=TASK_ID_PATTERN)]
 AgentName = Annotated[str, Field(pattern=AGENT_NAME_PATTERN)]
-ExecutionMode = Literal["llm", "api", "script"]
+ExecutionMode = Literal["llm", "api", "script", "python"]
+# A python agent's function: "package.module:function".
+ENTRYPOINT_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 ProviderName = Literal["offline", "anthropic", "openai"]
 
 
@@ -118,6 +120,15 @@ class AgentConfig(BaseModel):
     timeout_s: float = Field(default=120.0, gt=0, le=86_400)
     endpoint: HttpUrl | None = None
     script: str | None = Field(default=None, pattern=SCRIPT_NAME_PATTERN)
+    entrypoint: str | None = Field(
+        default=None, pattern=ENTRYPOINT_PATTERN, description="python mode: package.module:function"
+    )
+
+    @model_validator(mode="after")
+    def _mode_has_what_it_needs(self) -> AgentConfig:
+        if self.mode == "python" and self.entrypoint is None:
+            raise ValueError("mode 'python' needs an 'entrypoint' (package.module:function)")
+        return self
 
 
 class ExecutionResult(BaseModel):

@@ -37,6 +37,13 @@ class Settings(BaseSettings):
     shutdown_grace_s: int = Field(default=10, ge=0, le=3600, description="On SIGTERM, time to finish tasks.")
     health_check_interval_s: int = Field(default=60, ge=1)
     embedded_workers: int = Field(default=1, ge=1, le=64, description="In-process workers in embedded mode.")
+    events_max_len: int = Field(
+        default=100_000, ge=100, le=100_000_000, description="Events kept per stream (each batch's, and all)."
+    )
+    max_delegation_depth: int = Field(
+        default=3, ge=0, le=20, description="How deep python agents may delegate (children of children...)."
+    )
+    schedule_file: Path | None = Field(default=None, description="JSON or TOML file of scheduled batches.")
 
     # LLM providers
     llm_provider: ProviderChoice | None = Field(

@@ -12,12 +12,17 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol, TextIO
 
 if TYPE_CHECKING:
+    from coditect.client.batches import BatchSummary
+    from coditect.client.events import Event
+    from coditect.engine.registry import WorkerInfo
     from coditect.models import ExecutionResult
 
 __all__ = [
     "STATUSES",
     "LiveLine",
     "ProgressSnapshot",
+    "batches_table",
+    "event_line",
     "excerpt",
     "format_duration",
     "progress_line",
@@ -25,6 +30,8 @@ __all__ = [
     "status_counts",
     "status_summary",
     "summary_line",
+    "totals_lines",
+    "workers_table",
 ]
 
 # Same values and order as ``coditect.models.ExecutionStatus`` (kept here so rendering needs no pydantic).
@@ -38,7 +45,7 @@ _MIN_EXCERPT_WIDTH = 20
 
 
 class ProgressSnapshot(Protocol):
-    """What ``progress_line`` reads; ``coditect.client.orchestrator.BatchProgress`` has these fields."""
+    """What ``progress_line`` reads; ``coditect.client.progress.BatchProgress`` has these fields."""
 
     @property
     def total(self) -> int: ...
@@ -49,16 +56,29 @@ class ProgressSnapshot(Protocol):
     @property
     def failed(self) -> int: ...
     @property
+    def timeout(self) -> int: ...
+    @property
+    def cancelled(self) -> int: ...
+    @property
     def elapsed_s(self) -> float: ...
+    @property
+    def note(self) -> str: ...
 
 
 def progress_line(progress: ProgressSnapshot) -> str:
-    """``  12/100 done · 5 running · 2 failed · 3.4s``."""
+    """``  12/100 done · 5 running · 2 failed · 1 timeout · 3 cancelled · 3.4s`` (zero counts left out
+    but for failed), and what is wrong, if anything (``· no worker is alive on queue ...``)."""
     width = len(str(progress.total))
-    return (
-        f"  {progress.done:>{width}}/{progress.total} done · {progress.running} running"
-        f" · {progress.failed} failed · {progress.elapsed_s:.1f}s"
-    )
+    parts = [f"  {progress.done:>{width}}/{progress.total} done", f"{progress.running} running"]
+    parts.append(f"{progress.failed} failed")
+    if progress.timeout:
+        parts.append(f"{progress.timeout} timeout")
+    if progress.cancelled:
+        parts.append(f"{progress.cancelled} cancelled")
+    parts.append(f"{progress.elapsed_s:.1f}s")
+    if progress.note:
+        parts.append(progress.note)
+    return " · ".join(parts)
 
 
 def _value(status: object) -> str:
@@ -152,13 +172,97 @@ def results_table(
     return "\n".join(lines)
 
 
-def status_summary(batch_id: str, results: Sequence[ExecutionResult]) -> str:
-    """``coditect status``: the batch, then the count of tasks in each status."""
-    counts = status_counts(results)
+def _money(value: float) -> str:
+    return f"${value:.4f}" if value < 1 else f"${value:,.2f}"
+
+
+def status_summary(summary: BatchSummary) -> str:
+    """``coditect status``: the batch, the count of tasks in each status, then its totals."""
     width = max(len(status) for status in STATUSES)
-    number = len(str(len(results)))
-    lines = [f"batch {batch_id}: {len(results)} task{'' if len(results) == 1 else 's'}"]
-    lines += [f"  {status.ljust(width)}  {counts[status]:>{number}}" for status in STATUSES]
+    number = len(str(summary.total))
+    state = "finished" if summary.finished else "cancelled" if summary.cancelled else "running"
+    name = f" ({summary.name})" if summary.name else ""
+    lines = [f"batch {summary.id}{name}: {summary.total} task{'' if summary.total == 1 else 's'}, {state}"]
+    lines += [f"  {status.ljust(width)}  {summary.counts.get(status, 0):>{number}}" for status in STATUSES]
+    return "\n".join([*lines, *totals_lines(summary)])
+
+
+def totals_lines(summary: BatchSummary) -> list[str]:
+    """Tokens and cost of a batch, then per model and per agent."""
+    totals = summary.totals
+
+    def tokens(values: dict[str, float]) -> str:
+        text = f"{int(values.get('in', 0))} in + {int(values.get('out', 0))} out"
+        if values.get("cache_read") or values.get("cache_write"):
+            read, written = int(values.get("cache_read", 0)), int(values.get("cache_write", 0))
+            text += f" ({read} cache read, {written} written)"
+        return text
+
+    def cost(values: dict[str, float]) -> str:
+        unpriced = int(values.get("unpriced", 0))
+        text = _money(values.get("cost", 0.0))
+        return text + (f" (+{unpriced} task(s) of unknown price)" if unpriced else "")
+
+    lines = [f"tokens: {tokens(totals)}; cost {cost(totals)}"]
+    for kind, groups in (("model", summary.by_model), ("agent", summary.by_agent)):
+        for name in sorted(groups):
+            lines.append(f"  {kind} {name}: {tokens(groups[name])}; {cost(groups[name])}")
+    return lines
+
+
+def event_line(event: Event) -> str:
+    """``13:12:01.120  task.succeeded  b-1/t1  try 1  host:42  0.52 s  34+13 tokens  $0.0001``."""
+    where = event.batch_id + (f"/{event.task_id}" if event.task_id else "")
+    parts = [event.at.strftime("%H:%M:%S.%f")[:-3], event.type.ljust(14), where]
+    if event.attempt:
+        parts.append(f"try {event.attempt}")
+    if event.worker:
+        parts.append(event.worker)
+    data = event.data
+    if data.get("duration") is not None:
+        parts.append(format_duration(float(data["duration"])))
+    if "in" in data:
+        parts.append(f"{data['in']}+{data.get('out', 0)} tokens")
+    if data.get("cost") is not None and event.type != "batch.finished":
+        parts.append(_money(float(data["cost"])))
+    if event.type == "batch.finished":
+        counts = ", ".join(
+            f"{data[k]} {k}" for k in ("success", "failed", "timeout", "cancelled") if data.get(k)
+        )
+        parts.append(counts or "no tasks")
+        parts.append(_money(float(data.get("cost") or 0)))
+    if data.get("error"):
+        parts.append(excerpt(str(data["error"]), 120))
+    return "  ".join(parts)
+
+
+def batches_table(summaries: Sequence[BatchSummary]) -> str:
+    """``coditect batches``: one row per batch, newest first."""
+    if not summaries:
+        return "no batches"
+    rows = []
+    for summary in summaries:
+        counts = ", ".join(f"{n} {status}" for status, n in summary.counts.items() if n)
+        created = summary.created_at.strftime("%Y-%m-%d %H:%M:%S") if summary.created_at else "-"
+        duration = format_duration(summary.duration_s) if summary.duration_s is not None else "running"
+        tokens = int(sum(summary.totals.get(k, 0) for k in ("in", "out", "cache_read", "cache_write")))
+        rows.append((summary.id, excerpt(summary.name, 24), created, duration, counts or "-", str(tokens),
+                     _money(summary.totals.get("cost", 0.0))))  # fmt: skip
+    headers = ("BATCH", "NAME", "CREATED (UTC)", "DURATION", "TASKS", "TOKENS", "COST")
+    widths = [max(len(headers[i]), *(len(row[i]) for row in rows)) for i in range(len(headers))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+             for row in (headers, *rows)]  # fmt: skip
+    return "\n".join(lines)
+
+
+def workers_table(workers: Sequence[WorkerInfo]) -> str:
+    """``coditect worker --check``: the live workers."""
+    lines = [f"{len(workers)} worker(s) alive"]
+    for worker in workers:
+        lines.append(
+            f"  {worker.name}  queue {worker.queue}  {worker.in_flight}/{worker.max_jobs} in flight  "
+            f"{worker.complete} done, {worker.failed} failed, {worker.retried} retried"
+        )
     return "\n".join(lines)
 
 

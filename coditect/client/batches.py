@@ -1,235 +1,341 @@
-"""Batches in Redis: pipelined idempotent enqueue, results read in bulk, cancellation.
+"""Batches in Redis, read and written by the client: submit, snapshot, results, cancel, listing.
 
-Jobs are stored exactly as ARQ stores them (``arq:job:<id>``, the queue ZSET, ``arq:result:<id>``),
-so ARQ workers run them and plain ARQ clients can read them. A job id is derived from the batch and
-the task (``coditect:<batch>:<task>``): enqueueing the same task of the same batch twice runs it once.
+A batch lives in Redis (see ``coditect/lua/batch.lua`` for its keys): its tasks and their dependency
+graph, each task's state, counters and totals, and its event stream. Workers drive it: the script
+that records a task's result also releases or cancels its dependants. Jobs are stored as ARQ stores
+them (``arq:job:<id>``, the queue, ``arq:result:<id>``) with ids derived from the batch and the task
+(``coditect:<batch>:<task>``), so a task enqueued twice runs once.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
+import json
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from arq.connections import ArqRedis
-from arq.jobs import serialize_job
-from pydantic import BaseModel, Field
 
+from coditect.clock import now_ms
 from coditect.keys import (
-    ABORT_SET,
     BATCH_KEY_PREFIX,
-    IN_PROGRESS_PREFIX,
+    BATCHES_KEY,
+    EVENTS_KEY_PREFIX,
     JOB_EXPIRY_EXTRA_MS,
-    JOB_NAME,
-    JOB_PREFIX,
     RESULT_PREFIX,
-    done_key,
     job_id_for,
-    split_job_id,
     wake_channel,
 )
 from coditect.lua import script
 from coditect.models import AgentTask, ExecutionResult, ExecutionStatus
-from coditect.serialization import RemoteJobError, job_deserializer, job_serializer
+from coditect.results import result_from_arq
 
-__all__ = ["BatchRecord", "BatchStore", "job_id_for", "result_from_arq"]
+__all__ = ["CHUNK", "BatchStore", "BatchSummary", "Submitted"]
 
 _T = TypeVar("_T")
 
 CHUNK = 500
+# A batch up to this size is written by one script call: all of it, or (on an error) none of it.
+ATOMIC_TASKS = 5_000
+ATOMIC_BYTES = 16 * 1024 * 1024
+_STATES = {
+    "p": ExecutionStatus.PENDING,
+    "q": ExecutionStatus.QUEUED,
+    "r": ExecutionStatus.RUNNING,
+    "s": ExecutionStatus.SUCCESS,
+    "f": ExecutionStatus.FAILED,
+    "t": ExecutionStatus.TIMEOUT,
+    "c": ExecutionStatus.CANCELLED,
+}
+FINAL_STATES = frozenset("sftc")
+_USAGE_FIELDS = ("in", "out", "cache_read", "cache_write")
+_TOTAL_FIELDS = (*_USAGE_FIELDS, "cost", "unpriced")
+_FINAL_COUNTS = ("success", "failed", "timeout", "cancelled")
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """What ``submit`` did: ``created`` False when the batch existed already (nothing was written)."""
+
+    batch_id: str
+    created: bool
+    added: int
+    last_event_id: str
 
 
-class BatchRecord(BaseModel):
-    """What is kept of a batch so that ``status`` and ``results`` can find it later."""
+@dataclass(frozen=True, slots=True)
+class BatchSummary:
+    """A batch as its record in Redis says: counts per status, totals, and when it finished."""
 
     id: str
-    name: str = ""
-    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
-    task_ids: list[str]
+    name: str
+    total: int
+    counts: dict[str, int]
+    created_at: datetime | None
+    finished_at: datetime | None
+    cancelled: str | None
+    totals: dict[str, float]
+    by_agent: dict[str, dict[str, float]] = field(default_factory=dict)
+    by_model: dict[str, dict[str, float]] = field(default_factory=dict)
+    fields: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def done(self) -> int:
+        return sum(self.counts[status] for status in ("success", "failed", "timeout", "cancelled"))
+
+    @property
+    def finished(self) -> bool:
+        return self.finished_at is not None
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.created_at is None or self.finished_at is None:
+            return None
+        return max(0.0, (self.finished_at - self.created_at).total_seconds())
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "created_at": _iso(self.created_at),
+            "finished_at": _iso(self.finished_at),
+            "total": self.total,
+            "counts": self.counts,
+            "cancelled": self.cancelled,
+            "usage": {
+                key: int(self.totals.get(key, 0)) for key in ("in", "out", "cache_read", "cache_write")
+            },
+            "cost_usd": round(self.totals.get("cost", 0.0), 9),
+            "unpriced_tasks": int(self.totals.get("unpriced", 0)),
+            "by_agent": self.by_agent,
+            "by_model": self.by_model,
+        }
 
 
-class BatchStore:
-    """Reads and writes batches and their jobs on one Redis (ARQ's key layout)."""
-
-    def __init__(self, redis: ArqRedis, *, queue_name: str, keep_result_s: int) -> None:
-        self.redis = redis
-        self.queue_name = queue_name
-        self.keep_result_s = keep_result_s
-        self._enqueue = redis.register_script(script("enqueue"))
-        self._cancel = redis.register_script(script("cancel"))
-
-    async def save(self, record: BatchRecord) -> None:
-        await self.redis.set(BATCH_KEY_PREFIX + record.id, record.model_dump_json(), ex=self.keep_result_s)
-
-    async def exists(self, batch_id: str) -> bool:
-        """Whether the batch's record is still in Redis (it goes when Redis loses its data)."""
-        return bool(await self.redis.exists(BATCH_KEY_PREFIX + batch_id))
-
-    async def load(self, batch_id: str) -> BatchRecord | None:
-        raw = await self.redis.get(BATCH_KEY_PREFIX + batch_id)
-        return None if raw is None else BatchRecord.model_validate_json(raw)
-
-    async def enqueue(
-        self, batch_id: str, tasks: Sequence[AgentTask], *, record: BatchRecord | None = None
-    ) -> int:
-        """Enqueue ``tasks`` (and save ``record``) in one pipelined round trip; returns how many were new."""
-        now = _now_ms()
-        expiry_ms = max(self.keep_result_s * 1000, JOB_EXPIRY_EXTRA_MS)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            if record is not None:
-                pipe.set(BATCH_KEY_PREFIX + record.id, record.model_dump_json(), ex=self.keep_result_s)
-            for chunk in _chunks(tasks):
-                args: list[Any] = [now, expiry_ms, wake_channel(self.queue_name)]
-                for task in chunk:
-                    payload = serialize_job(
-                        JOB_NAME, (task.model_dump(mode="json"),), {}, None, now, serializer=job_serializer
-                    )
-                    args += [job_id_for(batch_id, task.id), payload]
-                await self._enqueue(keys=[self.queue_name], args=args, client=pipe)
-            replies = await pipe.execute()
-        return sum(replies[1:] if record is not None else replies)
-
-    async def fetch_results(self, job_ids: Sequence[str]) -> dict[str, ExecutionResult]:
-        """Results of whichever of ``job_ids`` have finished, in one round trip."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for chunk in _chunks(job_ids):
-                pipe.mget([RESULT_PREFIX + job_id for job_id in chunk])
-            replies = await pipe.execute()
-        found: dict[str, ExecutionResult] = {}
-        values = (value for reply in replies for value in reply)
-        for job_id, raw in zip(job_ids, values, strict=True):
-            if raw is not None:
-                found[job_id] = result_from_arq(raw, job_id)
-        return found
-
-    async def wait_done(self, batch_id: str, timeout_s: float, *, expected: int = CHUNK) -> list[str]:
-        """Block up to ``timeout_s`` until workers report finished jobs of the batch; their job ids.
-
-        ``expected`` is how many reports can still come: with one, a single blocking pop suffices.
-        """
-        key = done_key(batch_id)
-        # BLPOP takes fractional seconds since Redis 6; redis-py's hint says int.
-        first = await self.redis.blpop([key], timeout=max(timeout_s, 0.001))  # type: ignore[arg-type,misc]
-        if first is None:
-            return []
-        rest = await self.redis.lpop(key, min(expected, CHUNK)) if expected > 1 else []  # type: ignore[misc]
-        rest = rest or []
-        return [first[1].decode(), *(job_id.decode() for job_id in rest)]
-
-    async def missing(self, job_ids: Sequence[str]) -> list[str]:
-        """Those of ``job_ids`` whose job is not in Redis any more (e.g. Redis lost its data)."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for job_id in job_ids:
-                pipe.exists(JOB_PREFIX + job_id)
-            flags = await pipe.execute()
-        return [job_id for job_id, present in zip(job_ids, flags, strict=True) if not present]
-
-    async def count_running(self, job_ids: Sequence[str]) -> int:
-        """How many of ``job_ids`` a worker holds right now."""
-        if not job_ids:
-            return 0
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for chunk in _chunks(job_ids):
-                pipe.exists(*(IN_PROGRESS_PREFIX + job_id for job_id in chunk))
-            counts = await pipe.execute()
-        return int(sum(counts))
-
-    async def states(self, job_ids: Sequence[str]) -> list[ExecutionStatus]:
-        """Queued, running or pending (not in Redis) for each unfinished job, in order."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for job_id in job_ids:
-                pipe.exists(IN_PROGRESS_PREFIX + job_id)
-                pipe.exists(JOB_PREFIX + job_id)
-            flags = await pipe.execute()
-        states = []
-        for running, queued in zip(flags[::2], flags[1::2], strict=True):
-            if running:
-                states.append(ExecutionStatus.RUNNING)
-            elif queued:
-                states.append(ExecutionStatus.QUEUED)
-            else:
-                states.append(ExecutionStatus.PENDING)
-        return states
-
-    async def cancel(self, job_ids: Sequence[str], reason: str) -> tuple[int, int]:
-        """Dequeue the queued jobs (they never start) and abort the running ones."""
-        now = _now_ms()
-        dequeued = aborted = 0
-        for chunk in _chunks(job_ids):
-            args: list[Any] = [now, self.keep_result_s * 1000]
-            for job_id in chunk:
-                batch = split_job_id(job_id)
-                notify = done_key(batch[0]) if batch else ""
-                args += [job_id, _cancelled_payload(job_id, self.queue_name, reason, now), notify]
-            done, stopped = await self._cancel(keys=[self.queue_name], args=args)
-            dequeued, aborted = dequeued + int(done), aborted + int(stopped)
-        return dequeued, aborted
-
-    async def pending_aborts(self) -> int:
-        return int(await self.redis.zcard(ABORT_SET))
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
 
-def result_from_arq(raw: bytes, job_id: str) -> ExecutionResult:
-    """Turn an ARQ result record (written by a worker, or by ``cancel``) into an ExecutionResult."""
-    parts = split_job_id(job_id)
-    task_id = parts[1] if parts else job_id
-    try:
-        data = job_deserializer(raw)
-        value, tries = data["r"], int(data["t"] if data.get("t") is not None else 1)
-    except (ValueError, KeyError, TypeError) as err:
-        return ExecutionResult(
-            task_id=task_id, status=ExecutionStatus.FAILED, error=f"unreadable result: {err}"
-        )
-    if data.get("s") and isinstance(value, dict):
-        try:
-            return ExecutionResult.model_validate(value)
-        except ValueError as err:
-            return ExecutionResult(
-                task_id=task_id,
-                status=ExecutionStatus.FAILED,
-                error=f"unreadable result: {err}",
-                attempts=tries,
-            )
-    status = ExecutionStatus.FAILED
-    if isinstance(value, RemoteJobError) and value.error_type == "TimeoutError":
-        status = ExecutionStatus.TIMEOUT
-    elif isinstance(value, asyncio.CancelledError):
-        status = ExecutionStatus.CANCELLED
-    started, finished = data.get("st"), data.get("ft")
-    return ExecutionResult(
-        task_id=task_id,
-        status=status,
-        error=_error_text(value),
-        attempts=tries,
-        started_at=_from_ms(started),
-        finished_at=_from_ms(finished),
-        duration_s=max(0.0, (finished - started) / 1000) if started and finished else 0.0,
+def _from_ms(value: bytes | str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromtimestamp(int(float(value)) / 1000, UTC)
+
+
+def summary_from(batch_id: str, raw: dict[bytes, bytes]) -> BatchSummary:
+    """A ``BatchSummary`` from the batch's hash, as HGETALL returns it."""
+    data = {key.decode(): value.decode() for key, value in raw.items()}
+    total = int(data.get("total", 0))
+    counts = {
+        status: int(data.get(f"n_{status}", 0)) for status in ("success", "failed", "timeout", "cancelled")
+    }
+    running = int(data.get("n_running", 0))
+    waiting_or_queued = total - running - sum(counts.values())
+    counts = {"pending": 0, "queued": max(0, waiting_or_queued), "running": running, **counts}
+    totals = {name: float(data.get(name, 0)) for name in _TOTAL_FIELDS}
+    by_agent: dict[str, dict[str, float]] = {}
+    by_model: dict[str, dict[str, float]] = {}
+    for key, value in data.items():
+        kind, _, rest = key.partition(":")
+        if kind in ("agent", "model") and rest:
+            name, _, total_name = rest.rpartition(":")
+            target = by_agent if kind == "agent" else by_model
+            target.setdefault(name, {})[total_name] = float(value)
+    return BatchSummary(
+        id=batch_id,
+        name=data.get("name", ""),
+        total=total,
+        counts=counts,
+        created_at=_from_ms(data.get("created")),
+        finished_at=_from_ms(data.get("finished")),
+        cancelled=data.get("cancelled"),
+        totals=totals,
+        by_agent=by_agent,
+        by_model=by_model,
+        fields=data,
     )
 
 
-def _error_text(value: Any) -> str:
-    if isinstance(value, asyncio.CancelledError):
-        return f"CancelledError: {value}" if str(value) else "CancelledError"
-    return str(value) if value is not None else "job failed without an error message"
+class BatchStore:
+    """Reads and writes batches on one Redis."""
+
+    def __init__(
+        self, redis: ArqRedis, *, queue_name: str, keep_result_s: int, events_max_len: int = 100_000
+    ) -> None:
+        self.redis = redis
+        self.queue_name = queue_name
+        self.keep_result_s = keep_result_s
+        self.events_max_len = events_max_len
+        self._submit = redis.register_script(script("submit"))
+        self._cancel = redis.register_script(script("cancel"))
+
+    def _head(self) -> list[Any]:
+        return [
+            now_ms(),
+            wake_channel(self.queue_name),
+            self.events_max_len,
+            self.keep_result_s * 1000,
+            max(self.keep_result_s * 1000, JOB_EXPIRY_EXTRA_MS),
+        ]
+
+    # -- writing ------------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        batch_id: str,
+        tasks: Sequence[AgentTask],
+        *,
+        fields: dict[str, str | int | float] | None = None,
+        recreate: bool = False,
+    ) -> Submitted:
+        """Record the batch and enqueue the tasks without unmet dependencies; workers do the rest.
+
+        ``tasks`` must be in dependency order (``coditect.client.graph.dependency_order``). A batch of
+        up to ``ATOMIC_TASKS`` is one script call, so it is written whole or not at all; a larger one
+        is sent in chunks so that its first tasks start while the rest are sent (the caller cancels
+        the batch if a later chunk fails). ``created`` is False when the batch id exists already:
+        then nothing is written. ``recreate`` writes a batch that Redis lost, over what is left of it.
+        """
+        flat: list[str | int | float] = ["total", len(tasks)]
+        for name, value in (fields or {}).items():
+            flat += [name, value]
+        meta = json.dumps(flat)
+        rows = [(task.id, task.model_dump_json(), " ".join(task.depends_on)) for task in tasks]
+        size = sum(len(row[1]) for row in rows)
+        chunk = len(rows) if len(rows) <= ATOMIC_TASKS and size <= ATOMIC_BYTES else CHUNK
+        first = True
+        added, last_event = 0, ""
+        for start in range(0, max(len(rows), 1), max(chunk, 1)):
+            how = ("again" if recreate else "new") if first else "more"
+            args: list[Any] = [*self._head(), batch_id, how, meta]
+            for row in rows[start : start + chunk]:
+                args += row
+            status, count, event_id = await self._submit(keys=[self.queue_name], args=args)
+            if first and not int(status):
+                return Submitted(batch_id, created=False, added=0, last_event_id="")
+            first = False
+            added += int(count)
+            last_event = _text(event_id) or last_event
+        return Submitted(batch_id, created=True, added=added, last_event_id=last_event)
+
+    async def cancel(
+        self, batch_id: str, *, reason: str, as_timeout: bool = False
+    ) -> tuple[int, int, int] | None:
+        """End the batch's unfinished tasks: queued and waiting ones at once, running ones aborted.
+
+        Returns (queued ended, waiting ended, running asked to abort), or None for an unknown batch.
+        """
+        code = "t" if as_timeout else "c"
+        counts = [0, 0, 0]
+        state_key = BATCH_KEY_PREFIX + batch_id + ":state"
+        cursor: int = 0
+        marked = False
+        while True:
+            cursor, chunk = await self.redis.hscan(state_key, cursor, count=CHUNK)
+            open_ids = [task.decode() for task, state in chunk.items() if state.decode() not in FINAL_STATES]
+            if open_ids or not marked:
+                args = [*self._head(), "", batch_id, code, reason, *open_ids]
+                queued, waiting, aborted = await self._cancel(keys=[self.queue_name], args=args)
+                if int(queued) < 0:
+                    return None
+                marked = True
+                counts = [counts[0] + int(queued), counts[1] + int(waiting), counts[2] + int(aborted)]
+            if int(cursor) == 0:
+                return counts[0], counts[1], counts[2]
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def summary(self, batch_id: str) -> BatchSummary | None:
+        raw = await self.redis.hgetall(BATCH_KEY_PREFIX + batch_id)  # type: ignore[misc]
+        return summary_from(batch_id, raw) if raw else None
+
+    async def exists(self, batch_id: str) -> bool:
+        """Whether the batch's record is in Redis (it goes when it expires, or when Redis loses its data)."""
+        return bool(await self.redis.exists(BATCH_KEY_PREFIX + batch_id))
+
+    async def snapshot(self, batch_id: str) -> tuple[BatchSummary | None, str]:
+        """The batch's summary and the id of its newest event, read together (follow events after it)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(BATCH_KEY_PREFIX + batch_id)
+            pipe.xrevrange(EVENTS_KEY_PREFIX + batch_id, count=1)
+            raw, newest = await pipe.execute()
+        last = newest[0][0].decode() if newest else "0-0"
+        return (summary_from(batch_id, raw) if raw else None), last
+
+    async def task_ids(self, batch_id: str) -> list[str]:
+        """The batch's task ids in submission order (delegated children after their batch)."""
+        order = await self.redis.lrange(BATCH_KEY_PREFIX + batch_id + ":order", 0, -1)  # type: ignore[misc]
+        return [task.decode() for task in order]
+
+    async def states(self, batch_id: str) -> dict[str, ExecutionStatus]:
+        raw = await self.redis.hgetall(BATCH_KEY_PREFIX + batch_id + ":state")  # type: ignore[misc]
+        return {
+            task.decode(): _STATES.get(state.decode(), ExecutionStatus.PENDING) for task, state in raw.items()
+        }
+
+    async def fetch_results(self, batch_id: str, task_ids: Sequence[str]) -> dict[str, ExecutionResult]:
+        """Results of whichever of ``task_ids`` have one, in a round trip per ``CHUNK``."""
+        found: dict[str, ExecutionResult] = {}
+        for chunk in _chunks(task_ids):
+            job_ids = [job_id_for(batch_id, task_id) for task_id in chunk]
+            values = await self.redis.mget([RESULT_PREFIX + job_id for job_id in job_ids])
+            for task_id, job_id, raw in zip(chunk, job_ids, values, strict=True):
+                if raw is not None:
+                    found[task_id] = result_from_arq(raw, job_id)
+        return found
+
+    async def results(self, batch_id: str) -> list[ExecutionResult] | None:
+        """Every task of the batch, in order: its result, or its current status. None if unknown."""
+        if not await self.exists(batch_id):
+            return None
+        order = await self.task_ids(batch_id)
+        found = await self.fetch_results(batch_id, order)
+        states = await self.states(batch_id) if len(found) < len(order) else {}
+        tasks = await self._agents(batch_id, [task for task in order if task not in found])
+        return [
+            found.get(task_id)
+            or ExecutionResult(
+                task_id=task_id,
+                status=states.get(task_id, ExecutionStatus.PENDING),
+                agent=tasks.get(task_id, ""),
+                attempts=0,
+            )
+            for task_id in order
+        ]
+
+    async def _agents(self, batch_id: str, task_ids: Sequence[str]) -> dict[str, str]:
+        if not task_ids:
+            return {}
+        raw = await self.redis.hmget(BATCH_KEY_PREFIX + batch_id + ":tasks", list(task_ids))  # type: ignore[misc]
+        return {
+            task_id: json.loads(value).get("agent", "")
+            for task_id, value in zip(task_ids, raw, strict=True)
+            if value is not None
+        }
+
+    async def tasks(self, batch_id: str) -> dict[str, AgentTask]:
+        raw = await self.redis.hgetall(BATCH_KEY_PREFIX + batch_id + ":tasks")  # type: ignore[misc]
+        return {task.decode(): AgentTask.model_validate_json(value) for task, value in raw.items()}
+
+    async def recent(self, limit: int = 50) -> list[BatchSummary]:
+        """The most recent batches still recorded, newest first."""
+        ids = [batch.decode() for batch in await self.redis.zrevrange(BATCHES_KEY, 0, limit * 2)]
+        if not ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for batch_id in ids:
+                pipe.hgetall(BATCH_KEY_PREFIX + batch_id)
+            metas = await pipe.execute()
+        gone = [batch_id for batch_id, raw in zip(ids, metas, strict=True) if not raw]
+        if gone:
+            await self.redis.zrem(BATCHES_KEY, *gone)
+        summaries = [summary_from(batch_id, raw) for batch_id, raw in zip(ids, metas, strict=True) if raw]
+        return summaries[:limit]
 
 
-def _from_ms(value: Any) -> datetime | None:
-    return datetime.fromtimestamp(value / 1000, UTC) if isinstance(value, int | float) and value else None
-
-
-def _cancelled_payload(job_id: str, queue_name: str, reason: str, now_ms: int) -> bytes:
-    record = {
-        "t": 0, "f": JOB_NAME, "a": [], "k": {}, "et": now_ms, "s": False,
-        "r": RemoteJobError("CancelledError", reason), "st": now_ms, "ft": now_ms, "q": queue_name,
-        "id": job_id,
-    }  # fmt: skip
-    return job_serializer(record)
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value or "")
 
 
 def _chunks(items: Sequence[_T]) -> Iterable[Sequence[_T]]:

@@ -8,7 +8,7 @@ from coditect.agents import AgentRegistry
 from coditect.errors import TaskInputError
 from coditect.models import AgentTask
 
-__all__ = ["check_batch", "dependency_waves"]
+__all__ = ["check_batch", "dependency_order", "dependency_waves"]
 
 
 def check_batch(tasks: Sequence[AgentTask], agents: AgentRegistry) -> None:
@@ -31,7 +31,33 @@ def check_batch(tasks: Sequence[AgentTask], agents: AgentRegistry) -> None:
                 raise TaskInputError(
                     f"depends on unknown task id {dep!r}", field=f"tasks[{index}].depends_on"
                 )
-    dependency_waves(tasks)
+    dependency_order(tasks)
+
+
+def dependency_order(tasks: Sequence[AgentTask]) -> list[AgentTask]:
+    """The tasks with every task after its dependencies, input order kept where the graph allows
+    (Kahn's algorithm, linear). Dependencies must be ids in ``tasks``; a cycle is refused."""
+    from collections import deque
+
+    by_id = {task.id: task for task in tasks}
+    unmet = {task.id: len(set(task.depends_on)) for task in tasks}
+    dependants: dict[str, list[str]] = {}
+    for task in tasks:
+        for dep in set(task.depends_on):
+            dependants.setdefault(dep, []).append(task.id)
+    ready = deque(task.id for task in tasks if not unmet[task.id])
+    ordered: list[AgentTask] = []
+    while ready:
+        task_id = ready.popleft()
+        ordered.append(by_id[task_id])
+        for dependant in dependants.get(task_id, ()):
+            unmet[dependant] -= 1
+            if not unmet[dependant]:
+                ready.append(dependant)
+    if len(ordered) < len(tasks):
+        cycle = ", ".join(task.id for task in tasks if unmet[task.id])
+        raise TaskInputError(f"dependency cycle among tasks {cycle}", field="depends_on")
+    return ordered
 
 
 def dependency_waves(tasks: Sequence[AgentTask]) -> list[list[AgentTask]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from redis.commands.core import AsyncScript
@@ -28,35 +29,38 @@ REPLY_TIMEOUT_S = 10.0
 
 @dataclass(slots=True)
 class FinishRecord:
-    """One job's last word: ``done`` with its result, or ``again`` with the score to run it at."""
+    """One job's last word: ``done`` with its result, or ``again``/``defer`` with the score to run it at.
+
+    ``info`` is the batch bookkeeping of a batch task (JSON, see ``finish.lua``), else empty;
+    ``keep_in_progress_ms`` keeps the in-progress key that long instead of deleting it.
+    """
 
     kind: str
     job_id: str
     payload: bytes | int
     result_ttl_ms: int = 0
-    done_key: str = ""
+    keep_in_progress_ms: int = 0
+    info: str = ""
     written: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
     def args(self) -> list[bytes | str | int]:
-        return [self.kind, self.job_id, self.payload, self.result_ttl_ms, self.done_key]
+        return [self.kind, self.job_id, self.payload, self.result_ttl_ms, self.keep_in_progress_ms, self.info]
 
 
 class ResultFlusher:
-    """Batches ``FinishRecord`` writes through the finish script."""
+    """Batches ``FinishRecord`` writes through the finish script; ``head()`` gives its leading ARGV."""
 
     def __init__(
         self,
         script: AsyncScript,
         *,
         queue_name: str,
-        token: str,
-        channel: str,
+        head: Callable[[], list[bytes | str | int]],
         reply_timeout_s: float = REPLY_TIMEOUT_S,
     ) -> None:
         self._script = script
-        self._queue_name = queue_name
-        self._token = token
-        self._channel = channel
+        self._keys = [queue_name, leases_key(queue_name)]
+        self._head = head
         self._reply_timeout_s = reply_timeout_s
         self._pending: list[FinishRecord] = []
         self._arrived = asyncio.Event()
@@ -78,13 +82,13 @@ class ResultFlusher:
             self._arrived.clear()
             while self._pending:
                 batch = self._pending[:MAX_RECORDS_PER_CALL]
-                args: list[bytes | str | int] = [self._token, self._channel]
+                args = self._head()
                 for record in batch:
                     args += record.args()
                 try:
                     # A reply that never comes (no RST) is given up on; the records are sent again.
                     async with asyncio.timeout(self._reply_timeout_s):
-                        await self._script(keys=[self._queue_name, leases_key(self._queue_name)], args=args)
+                        await self._script(keys=self._keys, args=args)
                 except (RedisError, OSError) as err:  # OSError includes TimeoutError
                     delay = redis_backoff_s(failures)
                     failures += 1

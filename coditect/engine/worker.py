@@ -1,21 +1,22 @@
 """CoditectWorker: ARQ's ``Worker`` with a faster, lease-based way to claim, run and finish jobs.
 
-What stays ARQ's: the constructor and its settings, registered functions (``func``), ``Retry``,
-aborts, cron jobs, the health check, signal handling and shutdown, and the Redis key layout, so
-plain ARQ clients enqueue and read results as usual. What changes, and why:
+What stays ARQ's: the constructor and every option it takes, registered functions (``func``),
+``Retry``/``RetryJob``, aborts, cron jobs, the hooks (``on_job_start``, ``on_job_end``,
+``after_job_end``), the health check, burst mode, signal handling, ARQ's per-job log lines on the
+``arq.worker`` logger, result records (with the job's args and kwargs) and the Redis key layout, so
+plain ARQ clients enqueue and read results as usual, and integrations that wrap ``Worker.run_job``
+see every job. What changes, and why:
 
-- **Claim**: one script call claims up to ``max_jobs`` due jobs (ARQ: three round trips per job,
-  every worker racing with WATCH for the same queue head).
+- **Claim**: one script call claims up to ``queue_read_limit`` due jobs (ARQ: three round trips per
+  job, every worker racing with WATCH for the same queue head).
 - **Lease**: a claimed job's score becomes its lease deadline and a heartbeat renews it; a killed
   worker's jobs run again after one lease (``CODITECT_LEASE_S``), not after the job timeout + 10 s.
 - **Wake-up**: idle workers wait on a pub/sub channel that enqueuers publish to, with the poll
   interval as a fallback, instead of polling every 0.5 s.
-- **Finish**: results of jobs that finish together are written in one script call, and the batch's
-  waiter is told through its done list.
+- **Finish**: results of jobs that finish together are written in one script call; for a task of a
+  batch the same call updates the batch (see ``coditect/lua/batch.lua``).
+- **Slots**: a job waiting inside ``JobRun.idle()`` (delegation, rate limits) gives its slot back.
 - **Redis errors** are retried with backoff instead of ending the worker process.
-
-``arq coditect.jobs.WorkerSettings`` builds a plain ``arq.worker.Worker``; coditect's start-up hook
-turns that object into a ``CoditectWorker`` (``adopt``), so both entry points run this code.
 """
 
 from __future__ import annotations
@@ -29,50 +30,75 @@ import signal
 import socket
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from arq.cron import CronJob
-from arq.jobs import serialize_result
-from arq.utils import ms_to_datetime
-from arq.worker import Function, JobExecutionFailed, Retry, RetryJob, Worker
-from redis.exceptions import RedisError, ResponseError
+from arq.connections import log_redis_info
+from arq.worker import Worker
+from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
 from coditect.backoff import redis_backoff_s
+from coditect.clock import now_ms
 from coditect.connections import create_arq_pool
-from coditect.engine.flusher import FinishRecord, ResultFlusher
-from coditect.keys import done_key, leases_key, split_job_id, wake_channel
+from coditect.engine.arq_compat import run_job_entry
+from coditect.engine.claims import Claim, parse_rows, set_aside
+from coditect.engine.flusher import ResultFlusher
+from coditect.engine.jobrun import JobRunner
+from coditect.engine.registry import WorkerRegistry
+from coditect.engine.slots import Slot, Slots
+from coditect.keys import WORKER_CHANNEL_PREFIX, leases_key, wake_channel
 from coditect.lua import script
-from coditect.serialization import job_deserializer
+from coditect.serialization import job_deserializer, job_serializer
 
-__all__ = ["CoditectWorker", "adopt"]
+__all__ = ["DEFAULT_LEASE_S", "CoditectWorker"]
 
 logger = logging.getLogger(__name__)
+arq_log = logging.getLogger("arq.worker")
 
 DEFAULT_LEASE_S = 10.0
 MAX_CLAIM = 1000
-
-
-def adopt(worker: Worker, lease_s: float) -> CoditectWorker:
-    """Turn a running ``arq.worker.Worker`` into a ``CoditectWorker`` (same object, same settings)."""
-    if not isinstance(worker, CoditectWorker):
-        worker.__class__ = CoditectWorker
-    assert isinstance(worker, CoditectWorker)
-    worker.lease_s = lease_s
-    return worker
-
-
-def calling_worker() -> Worker | None:
-    """The ARQ worker whose ``main()`` is running the current task (ARQ passes hooks only ``ctx``)."""
-    task = asyncio.current_task()
-    frame = getattr(task.get_coro(), "cr_frame", None) if task is not None else None
-    candidate = frame.f_locals.get("self") if frame is not None else None
-    return candidate if isinstance(candidate, Worker) else None
+DEFAULT_EVENTS_MAX_LEN = 100_000
+DEFAULT_BATCH_KEEP_S = 86_400
 
 
 class CoditectWorker(Worker):
-    """An ARQ worker that claims in batches, holds jobs by lease, and wakes on enqueue."""
+    """An ARQ worker that claims in batches, holds jobs by lease, and wakes on enqueue.
 
-    lease_s: float = DEFAULT_LEASE_S
+    Takes every argument of ``arq.worker.Worker`` and, keyword-only: ``lease_s``; ``worker_name``
+    (what events and results record; default ``host:pid``); ``events_max_len`` (length of the
+    event streams); ``batch_keep_s`` (how long a finished batch stays readable).
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        lease_s: float = DEFAULT_LEASE_S,
+        worker_name: str = "",
+        events_max_len: int = DEFAULT_EVENTS_MAX_LEN,
+        batch_keep_s: int = DEFAULT_BATCH_KEEP_S,
+        **kwargs: Any,
+    ) -> None:
+        # JSON unless told otherwise: a worker without a serializer must not write pickles.
+        kwargs["job_serializer"] = kwargs.get("job_serializer") or job_serializer
+        kwargs["job_deserializer"] = kwargs.get("job_deserializer") or job_deserializer
+        super().__init__(*args, **kwargs)
+        self.lease_s = lease_s
+        self.worker_name = worker_name or f"{socket.gethostname()}:{os.getpid()}"
+        self.events_max_len = events_max_len
+        self.batch_keep_s = batch_keep_s
+        self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._wake = asyncio.Event()
+        self.started = asyncio.Event()  # set once on_startup has run and the engine takes jobs
+        self._helpers: list[asyncio.Task[None]] = []
+        self._slots = Slots(self.max_jobs, self._wake.set)
+        self._held: dict[str, Slot] = {}
+        self._claims: dict[str, Claim] = {}
+        self._child_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._runner = JobRunner(self)
+        # A run_job wrapped by an integration (sentry-sdk's ARQ integration does) runs every job.
+        self._run_job_entry: Callable[[Worker, str, int], Awaitable[None]] = run_job_entry(type(self))
+
+    # -- lifecycle ----------------------------------------------------------------------------
 
     async def main(self) -> None:
         if self._pool is None:
@@ -83,8 +109,10 @@ class CoditectWorker(Worker):
                 default_queue_name=self.queue_name,
                 expires_extra_ms=self.expires_extra_ms,
             )
+        arq_log.info("Starting worker for %d functions: %s", len(self.functions), ", ".join(self.functions))
         await self._log_server_info()
         self.ctx["redis"] = self.pool
+        self.ctx["coditect_worker"] = self
         if self.on_startup:
             await self.on_startup(self.ctx)
         await self._run_engine()
@@ -95,58 +123,100 @@ class CoditectWorker(Worker):
             self.handle_sig(signal.SIGUSR1)
         if self._pool is None:
             return
-        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        await self._stop_engine()
         with contextlib.suppress(RedisError, OSError):
             async with asyncio.timeout(self.lease_s):
                 await self.pool.delete(self.health_check_key)
+                await WorkerRegistry(self).leave()
         if self.on_shutdown:
             await self.on_shutdown(self.ctx)
         await self.pool.aclose(close_connection_pool=True)
         self._pool = None
 
-    async def _poll_iteration(self) -> None:
-        # Reached only when ARQ's own main() runs an adopted worker: the engine takes over the loop.
-        await self._run_engine()
-
     async def _log_server_info(self) -> None:
         try:
-            info: dict[str, Any] = await self.pool.info(section="Server")
+            await log_redis_info(self.pool, arq_log.info)
+        except NoPermissionError:
+            logger.info("redis server not described: this Redis user may not run INFO")
         except ResponseError:
             logger.info("redis server without INFO (embedded backend)")
-            return
-        logger.info("redis_version=%s", info.get("redis_version", "?"))
 
     # -- the engine ---------------------------------------------------------------------------
 
-    async def _run_engine(self) -> None:
-        self._token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    def _script_head(self) -> list[bytes | str | int]:
+        return [
+            self.token,
+            wake_channel(self.queue_name),
+            now_ms(),
+            self.events_max_len,
+            int(self.batch_keep_s * 1000),
+            self.expires_extra_ms,
+            self.worker_name,
+        ]
+
+    async def _start_engine(self) -> None:
+        """Scripts, the result flusher, the wake-up listener and the lease renewer (once)."""
+        if self._helpers:
+            return
         self._lease_ms = int(self.lease_s * 1000)
-        self._wake = asyncio.Event()
         self._claim = self.pool.register_script(script("claim"))
         self._heartbeat_script = self.pool.register_script(script("heartbeat"))
         self._flusher = ResultFlusher(
             self.pool.register_script(script("finish")),
             queue_name=self.queue_name,
-            token=self._token,
-            channel=wake_channel(self.queue_name),
+            head=self._script_head,
             reply_timeout_s=self.lease_s,
         )
         self._flusher.start()
-        helpers = [
-            asyncio.create_task(self._listen_for_wakeups(), name="coditect-wakeups"),
-            asyncio.create_task(self._renew_leases(), name="coditect-leases"),
+        registry = WorkerRegistry(self)
+        self._helpers = [
+            asyncio.create_task(self._listen(), name="coditect-wakeups"),
+            asyncio.create_task(self._renew_leases(registry), name="coditect-leases"),
         ]
         logger.info(
             "engine: lease %.1f s, max_jobs %d, queue %s", self.lease_s, self.max_jobs, self.queue_name
         )
+
+    async def _stop_engine(self) -> None:
+        """Let running jobs record their outcome, then stop the helpers and write what is pending."""
+        helpers, self._helpers = self._helpers, []
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        for helper in helpers:
+            helper.cancel()
+        await asyncio.gather(*helpers, return_exceptions=True)
+        if helpers:
+            await self._flusher.close()
+
+    async def _run_engine(self) -> None:
+        await self._start_engine()
+        self.started.set()
         try:
             await self._claim_loop()
         finally:
-            for helper in helpers:
-                helper.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
-            await asyncio.gather(*self.tasks.values(), return_exceptions=True)
-            await self._flusher.close()
+            await self._stop_engine()
+
+    async def _poll_iteration(self) -> None:
+        """One round, as ARQ's: claim what is due (up to ``queue_read_limit``), then housekeeping."""
+        await self._start_engine()
+        limit = self._claim_limit()
+        if limit > 0:
+            await self._claim_jobs(limit)
+        await self._housekeeping()
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        """Claim and start these jobs, if due and not held (ARQ's ``start_jobs``)."""
+        await self._start_engine()
+        limit = self._claim_limit()
+        if limit > 0:
+            await self._claim_jobs(limit, only=[job_id.decode() for job_id in job_ids])
+
+    def _claim_limit(self) -> int:
+        if not self.allow_pick_jobs:
+            return 0
+        limit = min(self._slots.free, self.queue_read_limit, MAX_CLAIM)
+        if self.burst and self.max_burst_jobs >= 0:
+            limit = min(limit, self.max_burst_jobs - self._jobs_started())
+        return max(limit, 0)
 
     async def _claim_loop(self) -> None:
         failures = 0
@@ -157,11 +227,10 @@ class CoditectWorker(Worker):
                 # A reply that never comes (a connection dropped without an RST) must not stop the
                 # loop: after a lease, redis-py drops that connection and the next call opens another.
                 async with asyncio.timeout(self.lease_s):
-                    claimed = limit = 0
-                    if self.allow_pick_jobs:
-                        limit = min(self.max_jobs - len(self.tasks), MAX_CLAIM)
-                        if limit > 0:
-                            claimed = await self._claim_jobs(limit)
+                    claimed = 0
+                    limit = self._claim_limit()
+                    if limit > 0:
+                        claimed = await self._claim_jobs(limit)
                     if time.monotonic() >= next_housekeeping:
                         await self._housekeeping()
                         next_housekeeping = time.monotonic() + self.poll_delay_s
@@ -183,24 +252,54 @@ class CoditectWorker(Worker):
                     async with asyncio.timeout(self.poll_delay_s):
                         await self._wake.wait()
 
-    async def _claim_jobs(self, limit: int) -> int:
+    async def _claim_jobs(self, limit: int, *, only: list[str] | None = None) -> int:
         rows = await self._claim(
             keys=[self.queue_name, leases_key(self.queue_name)],
-            args=[_now_ms(), self._lease_ms, limit, self._token],
+            args=[
+                now_ms(),
+                self._lease_ms,
+                limit,
+                self.token,
+                self.worker_name,
+                wake_channel(self.queue_name),
+                self.events_max_len,
+                int(self.batch_keep_s * 1000),
+                self.expires_extra_ms,
+                "1" if self.allow_abort_jobs else "0",
+                *(only or ()),
+            ],
         )
-        for job_id_b, payload, job_try, score, aborted in rows:
-            job_id = job_id_b.decode()
-            task = asyncio.create_task(
-                self._run_claimed(job_id, payload, int(job_try), int(float(score)), aborted)
+        claims, poison = parse_rows(rows)
+        if poison:
+            for entry in poison:
+                logger.error(
+                    "queue entry %r set aside in the dead-letter list: %s", entry.raw_id, entry.reason
+                )
+            await set_aside(self.pool, self.queue_name, poison)
+        for claim in claims:
+            self._held[claim.job_id] = self._slots.take()
+            self._claims[claim.job_id] = claim
+            task: asyncio.Task[None] = asyncio.ensure_future(
+                self._run_job_entry(self, claim.job_id, claim.score)
             )
-            self.tasks[job_id] = task
-            task.add_done_callback(functools.partial(self._job_done, job_id))
+            self.tasks[claim.job_id] = task
+            task.add_done_callback(functools.partial(self._job_done, claim.job_id))
         return len(rows)
+
+    async def run_job(self, job_id: str, score: int) -> None:
+        """Run one claimed job and record its outcome (ARQ's signature, so wrappers fit)."""
+        claim = self._claims.pop(job_id)
+        await self._runner.run(claim, self._held[job_id])
 
     def _job_done(self, job_id: str, task: asyncio.Task[None]) -> None:
         if self.tasks.get(job_id) is task:
             del self.tasks[job_id]
-        self._wake.set()  # a slot is free
+        slot = self._held.pop(job_id, None)
+        if slot is not None:
+            slot.release()  # wakes the claim loop: a slot is free
+        self._claims.pop(job_id, None)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("job %s: run_job ended with an error", job_id, exc_info=task.exception())
 
     async def _housekeeping(self) -> None:
         if self.allow_abort_jobs:
@@ -213,16 +312,25 @@ class CoditectWorker(Worker):
             return True
         return False
 
-    async def _listen_for_wakeups(self) -> None:
+    # -- wake-ups, child results, leases --------------------------------------------------------
+
+    async def _listen(self) -> None:
+        """Wake-ups on the queue's channel; finished children on this worker's own channel."""
         failures = 0
+        own = WORKER_CHANNEL_PREFIX + self.token
         while True:
             try:
                 async with self.pool.pubsub() as pubsub:
-                    await pubsub.subscribe(wake_channel(self.queue_name))
+                    await pubsub.subscribe(wake_channel(self.queue_name), own)
                     failures = 0
                     self._wake.set()  # (re)subscribed: look for work that came meanwhile
+                    self._child_finished(None)
                     async for message in pubsub.listen():
-                        if message["type"] == "message":
+                        if message["type"] != "message":
+                            continue
+                        if message["channel"] == own.encode():
+                            self._child_finished(message["data"].decode())
+                        else:
                             self._wake.set()
             except (RedisError, OSError) as err:
                 delay = redis_backoff_s(failures)
@@ -230,8 +338,34 @@ class CoditectWorker(Worker):
                 logger.debug("wake-up channel lost (%s); resubscribing in %.2f s", err, delay)
                 await asyncio.sleep(delay)
 
-    async def _renew_leases(self) -> None:
+    def _child_finished(self, job_id: str | None) -> None:
+        """Wake the parents waiting for ``job_id`` (all of them when None: a message may be lost)."""
+        targets = list(self._child_waiters) if job_id is None else [job_id]
+        for target in targets:
+            for waiter in self._child_waiters.get(target, []):
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    def watch_child(self, job_id: str) -> asyncio.Future[None]:
+        """A future set when a message says ``job_id`` finished (or the channel was re-subscribed)."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._child_waiters.setdefault(job_id, []).append(waiter)
+
+        def forget(_: asyncio.Future[None]) -> None:
+            waiters = self._child_waiters.get(job_id, [])
+            if waiter in waiters:
+                waiters.remove(waiter)
+            if not waiters:
+                self._child_waiters.pop(job_id, None)
+
+        waiter.add_done_callback(forget)
+        return waiter
+
+    async def _renew_leases(self, registry: WorkerRegistry) -> None:
         interval = self.lease_s / 3
+        with contextlib.suppress(RedisError, OSError):
+            async with asyncio.timeout(interval):
+                await registry.beat(interval * 3)  # at once: a waiter may be asking who is alive
         while True:
             await asyncio.sleep(interval)
             job_ids = list(self.tasks)
@@ -241,124 +375,10 @@ class CoditectWorker(Worker):
                     async with asyncio.timeout(interval):
                         await self._heartbeat_script(
                             keys=[self.queue_name, leases_key(self.queue_name)],
-                            args=[_now_ms(), self._lease_ms, self._token, *chunk],
+                            args=[now_ms(), self._lease_ms, self.token, *chunk],
                         )
                 except (RedisError, OSError) as err:
                     logger.warning("renewing %d lease(s) failed: %s", len(chunk), str(err) or repr(err))
-
-    # -- one job ------------------------------------------------------------------------------
-
-    async def _run_claimed(self, job_id: str, payload: bytes, job_try: int, score: int, aborted: int) -> None:
-        try:
-            record = await self._execute(job_id, payload, job_try, score, bool(aborted))
-        except Exception as err:  # a bug here must not lose the job: record it as failed
-            logger.exception("job %s: internal error", job_id)
-            record = self._done(job_id, "<unknown>", job_try, 0, False, err, _now_ms())
-        await self._flusher.submit(record)
-
-    async def _execute(
-        self, job_id: str, payload: bytes, job_try: int, score: int, aborted: bool
-    ) -> FinishRecord:
-        started_ms = _now_ms()
-        if not payload:
-            self.jobs_failed += 1
-            return self._done(
-                job_id, "<unknown>", job_try, 0, False, JobExecutionFailed("job expired"), started_ms
-            )
-        try:
-            job = (self.job_deserializer or job_deserializer)(payload)
-            name, args, kwargs, enqueued_ms = job["f"], job["a"], job["k"], job["et"]
-        except Exception as err:
-            logger.warning("job %s: payload is not a coditect JSON job (%s); not executed", job_id, err)
-            self.jobs_failed += 1
-            error = JobExecutionFailed(f"unreadable job payload, not executed: {err}")
-            return self._done(job_id, "<unknown>", job_try, 0, False, error, started_ms)
-        function = self.functions.get(name)
-        if function is None:
-            self.jobs_failed += 1
-            error = JobExecutionFailed(f"function {name!r} not found")
-            return self._done(job_id, name, job_try, enqueued_ms, False, error, started_ms)
-        if aborted:
-            self.jobs_failed += 1
-            return self._done(job_id, name, job_try, enqueued_ms, False, asyncio.CancelledError(), started_ms)
-        max_tries = self.max_tries if function.max_tries is None else function.max_tries
-        if job_try > max_tries:
-            # Every earlier start ended without a result (a crash, a shutdown, a Retry): record those.
-            self.jobs_failed += 1
-            error = JobExecutionFailed(f"max {max_tries} retries exceeded")
-            return self._done(job_id, name, max_tries, enqueued_ms, False, error, started_ms, function)
-
-        ctx = {
-            **self.ctx, "job_id": job_id, "job_try": job_try, "enqueue_time": ms_to_datetime(enqueued_ms),
-            "score": score,
-        }  # fmt: skip
-        if self.on_job_start:
-            await self.on_job_start(ctx)
-        timeout_s = self.job_timeout_s if function.timeout_s is None else function.timeout_s
-        this_task = asyncio.current_task()
-        assert this_task is not None
-        self.job_tasks[job_id] = this_task  # what ARQ's abort check cancels
-        try:
-            async with asyncio.timeout(timeout_s):
-                result = await function.coroutine(ctx, *args, **kwargs)
-        except Retry as err:
-            self.jobs_retried += 1
-            return FinishRecord("again", job_id, _now_ms() + (err.defer_score or 0))
-        except RetryJob:
-            self.jobs_retried += 1
-            return FinishRecord("again", job_id, _now_ms())
-        except asyncio.CancelledError:
-            this_task.uncancel()  # handled here: the job's outcome must still be recorded
-            if job_id in self.aborting_tasks:
-                self.aborting_tasks.discard(job_id)
-                self.jobs_failed += 1
-                return self._done(
-                    job_id, name, job_try, enqueued_ms, False, asyncio.CancelledError(), started_ms
-                )
-            # The worker is shutting down: put the job back for another worker, now.
-            self.jobs_retried += 1
-            logger.info("job %s cancelled by shutdown, back in the queue", job_id)
-            return FinishRecord("again", job_id, _now_ms())
-        except Exception as err:
-            self.jobs_failed += 1
-            logger.warning("job %s failed: %s: %s", job_id, type(err).__name__, err)
-            return self._done(job_id, name, job_try, enqueued_ms, False, err, started_ms, function)
-        finally:
-            self.job_tasks.pop(job_id, None)
-            if self.on_job_end:
-                await self.on_job_end(ctx)
-        self.jobs_complete += 1
-        return self._done(job_id, name, job_try, enqueued_ms, True, result, started_ms, function)
-
-    def _done(
-        self,
-        job_id: str,
-        function_name: str,
-        job_try: int,
-        enqueued_ms: int,
-        success: bool,
-        result: Any,
-        started_ms: int,
-        function: Function | CronJob | None = None,
-    ) -> FinishRecord:
-        """A final record in ARQ's result format (arguments left out: they are in the job already)."""
-        keep_forever = self.keep_result_forever
-        keep_s = self.keep_result_s
-        if function is not None:
-            keep_forever = (
-                keep_forever if function.keep_result_forever is None else function.keep_result_forever
-            )
-            keep_s = keep_s if function.keep_result_s is None else function.keep_result_s
-        payload = serialize_result(
-            function_name, (), {}, job_try, enqueued_ms, success, result, started_ms, _now_ms(),
-            f"{job_id}:{function_name}", self.queue_name, job_id=job_id, serializer=self.job_serializer,
-        )  # fmt: skip
-        ttl_ms = -1 if keep_forever else int(keep_s * 1000)
-        batch = split_job_id(job_id)
-        return FinishRecord(
-            "done", job_id, payload or b"", ttl_ms if payload else 0, done_key(batch[0]) if batch else ""
-        )
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
+            with contextlib.suppress(RedisError, OSError):
+                async with asyncio.timeout(interval):
+                    await registry.beat(interval * 3)

@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -21,8 +22,10 @@ from coditect.errors import (
     TransientProviderError,
     provider_error_for_status,
 )
+from coditect.execution.context import AgentContext, RunContext
 from coditect.execution.legacy_scripts import ScriptRunner
-from coditect.llm.base import LlmRequest, Message
+from coditect.execution.python_agents import call_python_agent
+from coditect.llm.base import LlmRequest, LlmResponse, Message
 from coditect.llm.factory import LlmFactory
 from coditect.models import (
     AgentConfig,
@@ -38,7 +41,7 @@ __all__ = ["TaskExecutor"]
 
 logger = logging.getLogger(__name__)
 
-MODES: tuple[ExecutionMode, ...] = ("llm", "api", "script")
+MODES: tuple[ExecutionMode, ...] = ("llm", "api", "script", "python")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +81,19 @@ class TaskExecutor:
         self.worker_name = self.settings.worker_name or default_worker_name()
 
     async def execute(
-        self, task: AgentTask, agent: str | None = None, mode: str | None = None
+        self,
+        task: AgentTask,
+        agent: str | None = None,
+        mode: str | None = None,
+        *,
+        run: RunContext | None = None,
     ) -> ExecutionResult:
-        """Run ``task`` and return its result; a failure is a result with status failed or timeout."""
+        """Run ``task`` and return its result; a failure is a result with status failed or timeout.
+
+        ``run`` is what the engine lends the run (see ``RunContext``): without it, a python agent's
+        delegated children run in this process.
+        """
+        run = run or RunContext()
         started_at = datetime.now(UTC)
         clock = time.perf_counter()
         agent_name = agent or task.agent
@@ -100,7 +113,7 @@ class TaskExecutor:
             timeout_s = min(task.timeout_s or config.timeout_s, self.settings.job_timeout_s)
             try:
                 async with asyncio.timeout(timeout_s):
-                    output = await self._dispatch(chosen, task, config, timeout_s)
+                    output = await self._dispatch(chosen, task, config, timeout_s, run)
             except TimeoutError:
                 result.status = ExecutionStatus.TIMEOUT
                 result.error = f"task {task.id} timed out after {timeout_s:g} s and was cancelled"
@@ -131,33 +144,82 @@ class TaskExecutor:
         return config.mode
 
     async def _dispatch(
-        self, mode: ExecutionMode, task: AgentTask, config: AgentConfig, timeout_s: float
+        self, mode: ExecutionMode, task: AgentTask, config: AgentConfig, timeout_s: float, run: RunContext
     ) -> _Output:
         if mode == "llm":
-            return await self._execute_via_llm(task, config)
+            return await self._execute_via_llm(task, config, run)
         if mode == "api":
-            return await self._execute_api(task, config)
-        return await self._execute_script(task, config, timeout_s)
+            return await self._execute_api(task, config, run)
+        if mode == "python":
+            return await self._execute_python(task, config, run)
+        return await self._execute_script(task, config, timeout_s, run)
 
-    async def _execute_via_llm(self, task: AgentTask, config: AgentConfig) -> _Output:
+    async def _llm_call(
+        self, config: AgentConfig, messages: Sequence[Message], system: str | None, max_tokens: int | None
+    ) -> LlmResponse:
         llm = self.llm_factory.create(config.provider, config.model)
-        response = await llm.generate_content_async(
-            [Message("user", task.prompt)],
-            LlmRequest(
-                system=config.system_prompt, max_tokens=config.max_tokens or self.settings.llm_max_tokens
-            ),
+        request = LlmRequest(
+            system=config.system_prompt if system is None else system,
+            max_tokens=max_tokens or config.max_tokens or self.settings.llm_max_tokens,
+        )
+        return await llm.generate_content_async(messages, request)
+
+    async def _execute_via_llm(self, task: AgentTask, config: AgentConfig, run: RunContext) -> _Output:
+        response = await self._llm_call(
+            config, [Message("user", prompt_with_inputs(task, run.inputs))], None, None
         )
         return _Output(response.text, response.provider, response.model, response.usage)
 
-    async def _execute_api(self, task: AgentTask, config: AgentConfig) -> _Output:
+    async def _execute_python(self, task: AgentTask, config: AgentConfig, run: RunContext) -> _Output:
+        assert config.entrypoint is not None  # AgentConfig refuses python mode without one
+
+        async def delegate(children: Sequence[AgentTask]) -> list[ExecutionResult]:
+            return await self._delegate(task, children, run)
+
+        async def llm(messages: Sequence[Message], system: str | None, max_tokens: int | None) -> LlmResponse:
+            return await self._llm_call(config, messages, system, max_tokens)
+
+        ctx = AgentContext(task, run, delegate=delegate, llm=llm)
+        text, usage = await call_python_agent(config.entrypoint, task, ctx)
+        model = config.model if ctx.usage.total_tokens else None
+        return _Output(text, "python", model, ctx.usage + usage)
+
+    async def _delegate(
+        self, parent: AgentTask, children: Sequence[AgentTask], run: RunContext
+    ) -> list[ExecutionResult]:
+        depth = run.depth + 1
+        if depth > self.settings.max_delegation_depth:
+            error = (
+                f"not run: delegation depth {depth} is over CODITECT_MAX_DELEGATION_DEPTH "
+                f"({self.settings.max_delegation_depth}); task {parent.id} may not delegate further"
+            )
+            return [
+                ExecutionResult(
+                    task_id=child.id,
+                    status=ExecutionStatus.FAILED,
+                    agent=child.agent,
+                    attempts=0,
+                    error=error,
+                )
+                for child in children
+            ]
+        for child in children:
+            self.agents.get(child.agent)  # an unknown agent fails the parent at once, naming it
+        if run.delegator is not None:
+            return await run.delegator.delegate(parent, children, depth)
+        inline = RunContext(idle=run.idle, depth=depth)
+        return list(await asyncio.gather(*(self.execute(child, run=inline) for child in children)))
+
+    async def _execute_api(self, task: AgentTask, config: AgentConfig, run: RunContext) -> _Output:
         if config.endpoint is None:
             raise PermanentProviderError(f"agent {config.name}", "mode 'api' needs an 'endpoint' URL")
         source = f"agent {config.name} endpoint"
         url = str(config.endpoint)
         try:
-            response = await self.llm_factory.http_client.post(
-                url, json={"task": task.model_dump(mode="json"), "agent": config.name}
-            )
+            body: dict[str, Any] = {"task": task.model_dump(mode="json"), "agent": config.name}
+            if run.inputs:
+                body["inputs"] = dict(run.inputs)
+            response = await self.llm_factory.http_client.post(url, json=body)
         except httpx.TimeoutException as err:
             raise TransientProviderError(source, f"request to {url} timed out") from err
         except httpx.TransportError as err:
@@ -171,9 +233,14 @@ class TaskExecutor:
             )
         return _parse_agent_output(response.text, provider="api")
 
-    async def _execute_script(self, task: AgentTask, config: AgentConfig, timeout_s: float) -> _Output:
+    async def _execute_script(
+        self, task: AgentTask, config: AgentConfig, timeout_s: float, run: RunContext
+    ) -> _Output:
+        payload = task.model_dump(mode="json")
+        if run.inputs:
+            payload["inputs"] = dict(run.inputs)
         outcome = await self.scripts.run(
-            config.name, task.model_dump_json(), timeout_s=timeout_s, script=config.script
+            config.name, json.dumps(payload), timeout_s=timeout_s, script=config.script
         )
         return _parse_agent_output(outcome.stdout, provider="script")
 
@@ -187,6 +254,18 @@ class TaskExecutor:
 
     async def __aexit__(self, *exc_info: Any) -> None:
         await self.aclose()
+
+
+def prompt_with_inputs(task: AgentTask, inputs: Mapping[str, str]) -> str:
+    """The user message of an llm-mode task: its prompt, then each dependency's output under a heading
+    ``## Input from task <id>``, in the order of ``depends_on``."""
+    if not inputs:
+        return task.prompt
+    sections = [task.prompt]
+    for dep in task.depends_on:
+        if dep in inputs:
+            sections.append(f"## Input from task {dep}\n\n{inputs[dep]}")
+    return "\n\n".join(sections)
 
 
 def _parse_agent_output(body: str, *, provider: str) -> _Output:

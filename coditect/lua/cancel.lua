@@ -1,20 +1,23 @@
--- KEYS: queue. ARGV: now ms, result ttl ms, then (job id, cancelled-result payload, done-list key
--- or '') triples. A queued job is removed before any worker starts it, and its batch's waiter told;
--- a running one is asked to abort.
-local dequeued, aborted = 0, 0
-for i = 3, #ARGV, 3 do
-  local id = ARGV[i]
-  if redis.call('EXISTS', IN_PROGRESS .. id) == 1 then
-    redis.call('ZADD', ABORT, ARGV[1], id)
-    aborted = aborted + 1
-  elseif redis.call('EXISTS', RESULT .. id) == 0 and redis.call('ZREM', KEYS[1], id) == 1 then
-    redis.call('DEL', JOB .. id, RETRY .. id)
-    redis.call('SET', RESULT .. id, ARGV[i + 1], 'PX', ARGV[2])
-    if ARGV[i + 2] ~= '' then
-      redis.call('RPUSH', ARGV[i + 2], id)
-      redis.call('PEXPIRE', ARGV[i + 2], ARGV[2])
-    end
-    dequeued = dequeued + 1
-  end
+-- KEYS: queue.
+-- ARGV: now ms, wake channel, events maxlen, finished-batch keep ms, job expiry ms, worker name,
+--       batch id, status code ('c' cancelled, 't' timeout), reason, then task ids.
+-- Ends the listed tasks of the batch that have not ended: queued and waiting ones at once, with
+-- the reason; running ones are asked to abort (their worker records them). The first call marks
+-- the batch, so no task of it is enqueued afterwards. Returns {queued ended, waiting ended, aborted},
+-- or {-1, 0, 0} when the batch is not recorded.
+-- #include batch
+configure(ARGV[1], KEYS[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+local b, code, reason = ARGV[7], ARGV[8], ARGV[9]
+local meta = bkey(b)
+if redis.call('EXISTS', meta) == 0 then return {-1, 0, 0} end
+redis.call('HSETNX', meta, 'cancelled', reason)
+redis.call('HSETNX', meta, 'cancel_code', code)
+local counts = {q = 0, p = 0, r = 0}
+local state = bkey(b, ':state')
+for i = 10, #ARGV do
+  local s = redis.call('HGET', state, ARGV[i])
+  if s and counts[s] then counts[s] = counts[s] + 1 end
+  cancel_tree(b, ARGV[i], code, reason, true)
 end
-return {dequeued, aborted}
+finish_batch_if_done(b)
+return {counts.q, counts.p, counts.r}

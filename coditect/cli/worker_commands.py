@@ -1,0 +1,101 @@
+"""Commands about workers: run one, check who is alive, and the dead-letter list."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from coditect.cli.shared import (
+    EXIT_NOT_ALL_SUCCEEDED,
+    EXIT_OK,
+    ONE_SHOT_DEADLINE_S,
+    CliError,
+    load_settings,
+    open_orchestrator,
+    print_json,
+)
+
+if TYPE_CHECKING:
+    from coditect.settings import Settings
+
+__all__ = ["cmd_dead_letters", "cmd_worker"]
+
+logger = logging.getLogger(__name__)
+
+
+async def cmd_worker(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+    if settings.embedded:
+        raise CliError(
+            "a separate worker process needs a shared Redis: set CODITECT_REDIS_URL or pass --redis-url "
+            "(without one, 'coditect run' and 'coditect demo' start their own in-process workers)"
+        )
+    if args.check:
+        return await _check(settings)
+    from redis.exceptions import RedisError
+
+    from coditect.connections import redact_url
+    from coditect.engine.create import create_worker
+    from coditect.errors import BackendUnavailableError
+    from coditect.jobs import SETTINGS_KEY
+
+    # Built inside the running loop: ARQ installs its SIGINT/SIGTERM handlers on this loop, and on a
+    # signal it cancels the worker's main task, which is how a worker is meant to stop.
+    worker = create_worker(settings, burst=args.burst, ctx={SETTINGS_KEY: settings})
+    try:
+        await worker.async_run()
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise  # this command itself is being cancelled, not the worker stopped by a signal
+        logger.info("worker stopped by a signal")
+    except (RedisError, OSError) as err:
+        raise BackendUnavailableError(
+            f"cannot reach Redis at {redact_url(settings.redis_url)}: {err}"
+        ) from err
+    finally:
+        await worker.close()  # lets running jobs record their outcome, runs on_shutdown, closes the pool
+    return EXIT_OK
+
+
+async def _check(settings: Settings) -> int:
+    """``worker --check``: the live workers on this queue; exit 0 if there is one, 1 if none."""
+    from coditect.engine.registry import live_workers
+
+    async with open_orchestrator(
+        settings, command="worker --check", shared=True, answer_within_s=ONE_SHOT_DEADLINE_S
+    ) as orch:
+        alive = await live_workers(orch.redis, settings.queue_name)
+    if not alive:
+        print(f"no worker is alive on queue {settings.queue_name}")
+        return EXIT_NOT_ALL_SUCCEEDED
+    from coditect.cli.render import workers_table
+
+    print(workers_table(alive))
+    return EXIT_OK
+
+
+async def cmd_dead_letters(args: argparse.Namespace) -> int:
+    import json
+
+    from coditect.keys import DEAD_LETTERS_KEY
+
+    async with open_orchestrator(
+        load_settings(args), command="dead-letters", shared=True, answer_within_s=ONE_SHOT_DEADLINE_S
+    ) as orch:
+        raw = await orch.redis.lrange(DEAD_LETTERS_KEY, 0, -1)  # type: ignore[misc]
+        if args.clear:
+            await orch.redis.delete(DEAD_LETTERS_KEY)
+    entries = [json.loads(item) for item in raw]
+    if args.json:
+        print_json(entries)
+    elif not entries:
+        print("no dead letters")
+    else:
+        for entry in entries:
+            print(f"{entry.get('job_id', '?')}: {entry.get('reason', '?')}")
+    if args.clear and not args.json:
+        print(f"cleared {len(entries)} dead letter(s)")
+    return EXIT_OK

@@ -1,0 +1,124 @@
+"""Lifecycle events, read from Redis Streams.
+
+Every state change of a batch is appended, by the script that makes the change, to the batch's
+stream (``coditect:events:<batch>``) and to the stream of all batches (``coditect:events``), each
+capped at ``CODITECT_EVENTS_MAX_LEN`` entries. Types: ``batch.submitted``, ``task.queued``,
+``task.started``, ``task.retrying``, ``task.succeeded``, ``task.failed``, ``task.timeout``,
+``task.cancelled``, ``batch.finished``. An event never holds a secret, a prompt or an output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from arq.connections import ArqRedis
+
+from coditect.keys import EVENTS_KEY, EVENTS_KEY_PREFIX
+
+__all__ = ["FINAL_EVENTS", "Event", "follow_events", "read_events", "stream_key"]
+
+FINAL_EVENTS = frozenset({"task.succeeded", "task.failed", "task.timeout", "task.cancelled"})
+READ_COUNT = 1000
+_INTS = frozenset(
+    {
+        "attempt",
+        "in",
+        "out",
+        "cache_read",
+        "cache_write",
+        "total",
+        "success",
+        "failed",
+        "timeout",
+        "cancelled",
+    }
+)
+_FLOATS = frozenset({"duration", "delay", "cost"})
+
+
+def stream_key(batch_id: str | None) -> str:
+    return EVENTS_KEY if batch_id is None else EVENTS_KEY_PREFIX + batch_id
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One state change. ``data`` holds the type's other fields (usage, cost, error, counts...)."""
+
+    id: str
+    type: str
+    batch_id: str
+    task_id: str | None = None
+    attempt: int | None = None
+    worker: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def at(self) -> datetime:
+        """When it happened: the stream id's milliseconds (Redis's clock)."""
+        return datetime.fromtimestamp(int(self.id.partition("-")[0]) / 1000, UTC)
+
+    @property
+    def is_final(self) -> bool:
+        return self.type in FINAL_EVENTS
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": self.type,
+            "batch_id": self.batch_id,
+            "task_id": self.task_id,
+            "attempt": self.attempt,
+            "worker": self.worker,
+            "at": self.at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            **self.data,
+        }
+
+    @classmethod
+    def from_entry(cls, entry_id: bytes, fields: dict[bytes, bytes]) -> Event:
+        values = {key.decode(): value.decode() for key, value in fields.items()}
+        data: dict[str, Any] = {}
+        for key, value in values.items():
+            if key in ("type", "batch", "task", "attempt", "worker"):
+                continue
+            if key in _INTS:
+                data[key] = int(value)
+            elif key in _FLOATS:
+                data[key] = float(value) if value else None
+            else:
+                data[key] = value
+        attempt = values.get("attempt")
+        return cls(
+            id=entry_id.decode(),
+            type=values.get("type", "?"),
+            batch_id=values.get("batch", ""),
+            task_id=values.get("task"),
+            attempt=int(attempt) if attempt not in (None, "") else None,
+            worker=values.get("worker"),
+            data=data,
+        )
+
+
+async def read_events(
+    redis: ArqRedis, batch_id: str | None, since: str, *, block_ms: int | None = None, count: int = READ_COUNT
+) -> list[Event]:
+    """Events after ``since`` (a stream id; ``0-0`` for all), waiting up to ``block_ms`` for one."""
+    key = stream_key(batch_id)
+    reply = await redis.xread({key: since}, count=count, block=block_ms)
+    if not reply:
+        return []
+    ((_, entries),) = reply
+    return [Event.from_entry(entry_id, fields) for entry_id, fields in entries]
+
+
+async def follow_events(
+    redis: ArqRedis, batch_id: str | None, since: str = "0-0", *, block_ms: int = 1000
+) -> AsyncIterator[Event]:
+    """Every event after ``since``, as it comes, forever."""
+    last = since
+    while True:
+        for event in await read_events(redis, batch_id, last, block_ms=block_ms):
+            last = event.id
+            yield event

@@ -1,0 +1,146 @@
+"""Following a batch until it finishes: its results as they come, progress, deadlines, lost batches.
+
+The waiter reads the batch's event stream (``XREAD BLOCK``: no polling per task), fetches the result
+of each task whose final event arrives, and every ``PROGRESS_INTERVAL_S`` reads the batch's counters
+for the progress callback. The counters, not the events, decide when the batch has finished, so a
+waiter that fell behind a capped stream still ends with every result (it reads the rest by state).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+from coditect.backoff import REDIS_DOWN, Outage
+from coditect.client.batches import BatchStore, BatchSummary
+from coditect.client.events import read_events
+from coditect.client.progress import PROGRESS_INTERVAL_S, BatchProgress, ProgressCallback
+from coditect.engine.registry import live_workers
+from coditect.errors import CoditectError
+from coditect.models import ExecutionResult
+
+__all__ = ["BatchLost", "BatchWaiter", "DeadlineReached"]
+
+WORKER_CHECK_S = 2.0
+
+
+class BatchLost(CoditectError):
+    """The batch's record is gone from Redis (it expired, or Redis lost its data)."""
+
+    def __init__(self, batch_id: str) -> None:
+        super().__init__(
+            f"batch {batch_id}: its record is gone from Redis (it expired, or Redis restarted without "
+            "persistence and lost it)"
+        )
+        self.batch_id = batch_id
+
+
+class DeadlineReached(CoditectError):
+    """The caller's deadline passed before the batch finished."""
+
+
+class BatchWaiter:
+    """Follows one batch; ``results()`` yields each task's result once, as the task ends."""
+
+    def __init__(
+        self,
+        store: BatchStore,
+        batch_id: str,
+        *,
+        since: str = "0-0",
+        on_progress: ProgressCallback | None = None,
+        deadline: float | None = None,
+        watch_workers: bool = False,
+    ) -> None:
+        self.store = store
+        self.batch_id = batch_id
+        self.since = since
+        self.on_progress = on_progress
+        self.deadline = deadline
+        self.watch_workers = watch_workers
+        self.started = time.monotonic()
+        self.summary: BatchSummary | None = None
+        self._seen: set[str] = set()
+        self._note = ""
+        self._next_worker_check = 0.0
+
+    async def results(self) -> AsyncIterator[ExecutionResult]:
+        last = self.since
+        attach = self.since == "0-0"  # following a batch that may be under way: start by its state
+        outage = Outage()
+        next_tick = 0.0
+        finished = False
+        while True:
+            try:
+                if attach:
+                    for result in await self._settle():
+                        yield result
+                    attach = False
+                if finished or time.monotonic() >= next_tick:
+                    summary = await self._tick()
+                    next_tick = time.monotonic() + PROGRESS_INTERVAL_S
+                    if summary.finished:
+                        if len(self._seen) < summary.done:
+                            for result in await self._settle():
+                                yield result
+                        return
+                    finished = False
+                block_s = max(0.001, next_tick - time.monotonic())
+                if self.deadline is not None:
+                    block_s = min(block_s, max(0.001, self.deadline - time.monotonic()))
+                events = await read_events(
+                    self.store.redis, self.batch_id, last, block_ms=max(1, int(block_s * 1000))
+                )
+                outage.over()
+            except REDIS_DOWN as err:
+                await outage.backoff(err)
+                continue
+            if events:
+                last = events[-1].id
+                finished = any(event.type == "batch.finished" for event in events)
+                ended = [event.task_id for event in events if event.is_final and event.task_id]
+                fresh = [task for task in ended if task not in self._seen]
+                if fresh:
+                    for result in (await self.store.fetch_results(self.batch_id, fresh)).values():
+                        if result.task_id not in self._seen:
+                            self._seen.add(result.task_id)
+                            yield result
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                raise DeadlineReached(f"batch {self.batch_id}: deadline reached")
+
+    async def _tick(self) -> BatchSummary:
+        summary = await self.store.summary(self.batch_id)
+        if summary is None:
+            raise BatchLost(self.batch_id)
+        self.summary = summary
+        if self.watch_workers and not summary.finished and time.monotonic() >= self._next_worker_check:
+            self._next_worker_check = time.monotonic() + WORKER_CHECK_S
+            alive = await live_workers(self.store.redis, self.store.queue_name)
+            self._note = "" if alive else f"no worker is alive on queue {self.store.queue_name}"
+        self._report(summary)
+        return summary
+
+    def _report(self, summary: BatchSummary) -> None:
+        if self.on_progress is None:
+            return
+        counts = summary.counts
+        self.on_progress(
+            BatchProgress(
+                total=summary.total,
+                succeeded=counts["success"],
+                failed=counts["failed"],
+                timeout=counts["timeout"],
+                cancelled=counts["cancelled"],
+                running=counts["running"],
+                elapsed_s=time.monotonic() - self.started,
+                note=self._note,
+            )
+        )
+
+    async def _settle(self) -> list[ExecutionResult]:
+        """Results of the tasks that ended but were not yielded yet (read by state, not by event)."""
+        states = await self.store.states(self.batch_id)
+        ended = [task for task, status in states.items() if status.is_final and task not in self._seen]
+        found = await self.store.fetch_results(self.batch_id, ended)
+        self._seen.update(found)
+        return list(found.values())

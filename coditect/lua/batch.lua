@@ -1,0 +1,180 @@
+-- The batch library: included by every script that changes a batch, so that each state change,
+-- its counters, its event and what follows from it (dependants released or cancelled, the batch
+-- finished) happen in the one atomic call that makes the change.
+--
+-- A batch <b> is the hash BATCH..b (name, created, total, counters, flags and totals) and:
+--   :tasks       task id -> task JSON            :state       task id -> q | r | s | f | t | c
+--   :waiting     task id -> unmet dependencies   :dependants  task id -> "id id ..."
+--   :parents     child id -> "parent-id depth"          :order       task ids, in submission order
+-- and its event stream EVENTS..b; every event also goes to the global stream EVENTS_ALL.
+-- C is the call's configuration: now (ms), queue, wake (channel), maxlen (of the streams),
+-- keep_ms (of a finished batch), expiry_ms (of a job key), worker (name for events).
+
+local C = {}
+local FINAL = {s = 'success', f = 'failed', t = 'timeout', c = 'cancelled'}
+local CODE = {success = 's', failed = 'f', timeout = 't', cancelled = 'c'}
+local EVENT = {s = 'task.succeeded', f = 'task.failed', t = 'task.timeout', c = 'task.cancelled'}
+local PARTS = {'', ':tasks', ':order', ':state', ':waiting', ':dependants', ':parents'}
+
+local function configure(now, queue, wake, maxlen, keep_ms, expiry_ms, worker)
+  C.now, C.queue, C.wake = tonumber(now), queue, wake
+  C.maxlen, C.keep_ms, C.expiry_ms, C.worker = maxlen, tonumber(keep_ms), tonumber(expiry_ms), worker
+  C.woken = false
+end
+
+local function bkey(b, part) return BATCH .. b .. (part or '') end
+
+-- (batch id, task id) of a coditect job id whose batch is recorded, else nil.
+local function batch_of(id)
+  local b, t = string.match(id, JOB_ID_PATTERN)
+  if b and redis.call('EXISTS', BATCH .. b) == 1 then return b, t end
+  return nil
+end
+
+local function emit(b, kind, t, fields)
+  local args = {'type', kind, 'batch', b}
+  if t then args[#args + 1] = 'task'; args[#args + 1] = t end
+  for i = 1, #fields do args[#args + 1] = fields[i] end
+  C.last_event = redis.call('XADD', EVENTS .. b, 'MAXLEN', '~', C.maxlen, '*', unpack(args))
+  redis.call('XADD', EVENTS_ALL, 'MAXLEN', '~', C.maxlen, '*', unpack(args))
+end
+
+local function wake()
+  if not C.woken then
+    C.woken = true
+    redis.call('PUBLISH', C.wake, 1)
+  end
+end
+
+-- ARQ's job record for a task (function, args, kwargs, enqueue time), built around its JSON.
+local function envelope(task)
+  return '{"t":null,"f":"' .. JOB_NAME .. '","a":[' .. task .. '],"k":{},"et":' .. C.now .. '}'
+end
+
+local function enqueue(b, t, task)
+  local id = JOB_ID_PREFIX .. b .. ':' .. t
+  redis.call('SET', JOB .. id, envelope(task), 'PX', C.expiry_ms)
+  redis.call('ZADD', C.queue, C.now, id)
+  redis.call('HSET', bkey(b, ':state'), t, 'q')
+  emit(b, 'task.queued', t, {'attempt', '0'})
+  wake()
+end
+
+local function set_ttl(b, ms)
+  for _, part in ipairs(PARTS) do redis.call('PEXPIRE', bkey(b, part), ms) end
+  redis.call('PEXPIRE', EVENTS .. b, ms)
+end
+
+local function finish_batch_if_done(b)
+  local meta = bkey(b)
+  local n = redis.call('HMGET', meta, 'total', 'n_success', 'n_failed', 'n_timeout', 'n_cancelled', 'finished')
+  local done = (tonumber(n[2]) or 0) + (tonumber(n[3]) or 0) + (tonumber(n[4]) or 0) + (tonumber(n[5]) or 0)
+  if n[6] or done < tonumber(n[1]) then return end
+  redis.call('HSET', meta, 'finished', C.now)
+  local totals = redis.call('HMGET', meta, 'in', 'out', 'cache_read', 'cache_write', 'cost')
+  emit(b, 'batch.finished', nil, {
+    'total', n[1], 'success', n[2] or '0', 'failed', n[3] or '0', 'timeout', n[4] or '0',
+    'cancelled', n[5] or '0', 'in', totals[1] or '0', 'out', totals[2] or '0',
+    'cache_read', totals[3] or '0', 'cache_write', totals[4] or '0', 'cost', totals[5] or '0'})
+  set_ttl(b, C.keep_ms)
+end
+
+local function add_totals(meta, prefix, u, cost)
+  if u.in_ ~= 0 then redis.call('HINCRBY', meta, prefix .. 'in', u.in_) end
+  if u.out ~= 0 then redis.call('HINCRBY', meta, prefix .. 'out', u.out) end
+  if u.cr ~= 0 then redis.call('HINCRBY', meta, prefix .. 'cache_read', u.cr) end
+  if u.cw ~= 0 then redis.call('HINCRBY', meta, prefix .. 'cache_write', u.cw) end
+  if cost then
+    if cost ~= 0 then redis.call('HINCRBYFLOAT', meta, prefix .. 'cost', cost) end
+  else
+    redis.call('HINCRBY', meta, prefix .. 'unpriced', 1)
+  end
+end
+
+local cancel_tree
+
+-- Records task t's final status (code s/f/t/c) once; releases or cancels its dependants.
+-- info: attempt, duration, usage {in_, out, cr, cw}, cost (nil: unknown), error, agent, model.
+-- Returns false when t was already final (a second final result of a task that ran twice).
+local function finalize(b, t, code, info)
+  local state = bkey(b, ':state')
+  local previous = redis.call('HGET', state, t)
+  if previous and FINAL[previous] then return false end
+  local meta = bkey(b)
+  redis.call('HSET', state, t, code)
+  redis.call('HINCRBY', meta, 'n_' .. FINAL[code], 1)
+  if previous == 'r' then redis.call('HINCRBY', meta, 'n_running', -1) end
+  local fields = {'attempt', tostring(info.attempt or 0), 'duration', tostring(info.duration or 0)}
+  if info.usage then
+    local u = info.usage
+    add_totals(meta, '', u, info.cost)
+    if info.agent and info.agent ~= '' then add_totals(meta, 'agent:' .. info.agent .. ':', u, info.cost) end
+    if info.model and info.model ~= '' then add_totals(meta, 'model:' .. info.model .. ':', u, info.cost) end
+    for _, f in ipairs({'in', u.in_, 'out', u.out, 'cache_read', u.cr, 'cache_write', u.cw}) do
+      fields[#fields + 1] = tostring(f)
+    end
+    fields[#fields + 1] = 'cost'; fields[#fields + 1] = info.cost and tostring(info.cost) or ''
+  end
+  for _, name in ipairs({'agent', 'model', 'worker', 'error'}) do
+    if info[name] and info[name] ~= '' then fields[#fields + 1] = name; fields[#fields + 1] = info[name] end
+  end
+  emit(b, EVENT[code], t, fields)
+  local dependants = redis.call('HGET', bkey(b, ':dependants'), t)
+  if dependants then
+    local cancelled = redis.call('HGET', meta, 'cancelled')
+    for d in string.gmatch(dependants, '%S+') do
+      if code ~= 's' then
+        cancel_tree(b, d, 'c', 'not run: dependency ' .. t .. ' did not succeed')
+      elseif redis.call('HINCRBY', bkey(b, ':waiting'), d, -1) == 0 then
+        local ds = redis.call('HGET', state, d)
+        if ds and FINAL[ds] then  -- ended already (another dependency failed, or a cancel)
+        elseif cancelled then
+          cancel_tree(b, d, 'c', cancelled)
+        else
+          enqueue(b, d, redis.call('HGET', bkey(b, ':tasks'), d))
+        end
+      end
+    end
+  end
+  return true
+end
+
+-- The ARQ result record of a task ended without running (cancelled, timed out before it started).
+local function unrun_result(b, t, status, reason)
+  local task = cjson.decode(redis.call('HGET', bkey(b, ':tasks'), t))
+  local result = cjson.encode({task_id = t, status = status, output = '', error = reason,
+    agent = task.agent or 'default', mode = '', attempts = 0, duration_s = 0,
+    usage = {input_tokens = 0, output_tokens = 0, cache_read_tokens = 0, cache_write_tokens = 0}})
+  local id = JOB_ID_PREFIX .. b .. ':' .. t
+  return id, '{"t":0,"f":"' .. JOB_NAME .. '","a":[],"k":{},"et":' .. C.now .. ',"s":true,"r":' .. result ..
+    ',"st":' .. C.now .. ',"ft":' .. C.now .. ',"q":"' .. C.queue .. '","id":"' .. id .. '"}', task.agent
+end
+
+-- Ends t (if not final and not running) with reason, and every task that depends on it, transitively
+-- ("dependency X did not succeed", or the same reason when inherit is set, as for a cancelled batch).
+-- A running task is asked to abort instead: its worker records how it ended.
+cancel_tree = function(b, t, code, reason, inherit)
+  local stack = {{t, reason}}
+  while #stack > 0 do
+    local task, why = unpack(table.remove(stack))
+    local state = redis.call('HGET', bkey(b, ':state'), task)
+    if state == 'r' then
+      redis.call('ZADD', ABORT, C.now, JOB_ID_PREFIX .. b .. ':' .. task)
+    elseif not (state and FINAL[state]) then
+      local id, result, agent = unrun_result(b, task, FINAL[code], why)
+      if state == 'q' then
+        redis.call('ZREM', C.queue, id)
+        redis.call('DEL', JOB .. id, RETRY .. id)
+      end
+      redis.call('SET', RESULT .. id, result, 'PX', C.keep_ms)
+      -- Its dependants are ended from this loop (finalize would recurse once per level).
+      local deps = redis.call('HGET', bkey(b, ':dependants'), task)
+      redis.call('HDEL', bkey(b, ':dependants'), task)
+      finalize(b, task, code, {attempt = 0, error = why, agent = agent})
+      if deps then
+        local because = inherit and why or ('not run: dependency ' .. task .. ' did not succeed')
+        for d in string.gmatch(deps, '%S+') do stack[#stack + 1] = {d, because} end
+      end
+    end
+  end
+end
