@@ -14,10 +14,10 @@ redis.call('HSETNX', meta, 'cancelled', reason)
 redis.call('HSETNX', meta, 'cancel_code', code)
 local counts = {q = 0, p = 0, r = 0}
 local state = bkey(b, ':state')
-for i = 10, #ARGV do
+for i = 10, #ARGV do  -- counted first: ending one task may end its dependants in the same call
   local s = redis.call('HGET', state, ARGV[i])
   if s and counts[s] then counts[s] = counts[s] + 1 end
-  cancel_tree(b, ARGV[i], code, reason, true)
 end
+for i = 10, #ARGV do cancel_tree(b, ARGV[i], code, reason, true) end
 finish_batch_if_done(b)
 return {counts.q, counts.p, counts.r}

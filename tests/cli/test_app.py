@@ -196,10 +196,10 @@ def test_run_timeout_marks_unfinished_tasks(
         capsys, ["run", str(write_batch(tmp_path, SIMPLE_BATCH)), "--json", "--timeout", "0.2"]
     )
     assert code == 1
-    # "second" waits for "first", so it never starts: cancelled, not timed out
-    assert [item["status"] for item in results] == ["timeout", "cancelled", "timeout"]
-    assert "timed out" in results[0]["error"]
-    assert "dependency first did not succeed" in results[1]["error"]
+    # "second" waits for "first", so it never starts: it ends with the batch's deadline too
+    assert [item["status"] for item in results] == ["timeout", "timeout", "timeout"]
+    assert all("timed out before this task finished" in item["error"] for item in results)
+    assert [item["attempts"] for item in results] == [1, 0, 1]
     assert time.monotonic() - started < 10
 
 
@@ -394,9 +394,18 @@ def result(task_id: str, status: ExecutionStatus, **fields: Any) -> ExecutionRes
     return ExecutionResult(task_id=task_id, status=status, **fields)
 
 
-def test_progress_line() -> None:
-    progress = BatchProgress(total=100, done=12, running=5, failed=2, elapsed_s=3.44)
-    assert progress_line(progress) == "   12/100 done · 5 running · 2 failed · 3.4s"
+def test_progress_line_counts_each_final_status_and_says_what_is_wrong() -> None:
+    progress = BatchProgress(
+        total=100, succeeded=9, failed=2, timeout=0, cancelled=1, running=5, elapsed_s=3.44
+    )
+    assert progress_line(progress) == "   12/100 done · 5 running · 2 failed · 1 cancelled · 3.4s"
+    stuck = BatchProgress(
+        total=3, succeeded=0, failed=0, timeout=1, cancelled=0, running=0, elapsed_s=9.0,
+        note="no worker is alive on queue coditect:queue",
+    )  # fmt: skip
+    assert progress_line(stuck) == (
+        "  1/3 done · 0 running · 0 failed · 1 timeout · 9.0s · no worker is alive on queue coditect:queue"
+    )
 
 
 def test_results_table_aligns_and_cleans_output() -> None:
@@ -501,11 +510,14 @@ def test_submit_burst_worker_status_results(
 
     code, status = status_json(capsys, batch_id, redis_url)
     assert code == 1
-    assert status == {
-        "batch_id": batch_id,
-        "total": 2,
-        "counts": {**dict.fromkeys(status["counts"], 0), "queued": 2},
-    }
+    assert (status["batch_id"], status["id"], status["name"], status["total"]) == (
+        batch_id,
+        batch_id,
+        "plain",
+        2,
+    )
+    assert status["counts"] == {**dict.fromkeys(status["counts"], 0), "queued": 2}
+    assert status["finished_at"] is None
 
     assert main(["worker", "--redis-url", redis_url, "--burst"]) == 0
     assert "coditect worker ready" in capsys.readouterr().err
@@ -517,12 +529,16 @@ def test_submit_burst_worker_status_results(
     assert main(["status", batch_id, "--redis-url", redis_url]) == 0
     assert re.search(r"^\s+success\s+2$", capsys.readouterr().out, re.MULTILINE)
 
-    code, results, _ = run_json(capsys, ["results", batch_id, "--redis-url", redis_url, "--json"])
+    code, report, _ = run_json(capsys, ["results", batch_id, "--redis-url", redis_url, "--json"])
     assert code == 0
+    results = report["results"]
     assert [(item["task_id"], item["status"]) for item in results] == [("a", "success"), ("b", "success")]
+    assert report["totals"]["usage"]["in"] == sum(item["usage"]["input_tokens"] for item in results)
 
     assert main(["results", batch_id, "--redis-url", redis_url]) == 0
-    assert "2 tasks: 2 succeeded" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "2 tasks: 2 succeeded" in out
+    assert re.search(r"^tokens: \d+ in \+ \d+ out; cost \$", out, re.MULTILINE)
 
     # watch on a finished batch prints its results at once
     code, watched, _ = run_json(capsys, ["watch", batch_id, "--redis-url", redis_url, "--json"])
@@ -530,17 +546,19 @@ def test_submit_burst_worker_status_results(
     assert watched == results
 
     assert main(["cancel", batch_id, "--redis-url", redis_url]) == 0
-    assert "0 dequeued" in capsys.readouterr().out
+    assert "0 queued and 0 waiting task(s) cancelled, 0 running asked to abort" in capsys.readouterr().out
 
 
 def test_cancel_before_any_worker(capsys: pytest.CaptureFixture[str], tmp_path: Path, redis_url: str) -> None:
     batch_id = submit(capsys, write_batch(tmp_path, NO_DEPS_BATCH), redis_url)
     assert main(["cancel", batch_id, "--redis-url", redis_url, "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"batch_id": batch_id, "dequeued": 2, "aborted": 0}
+    assert json.loads(capsys.readouterr().out) == {
+        "batch_id": batch_id, "dequeued": 2, "unstarted": 0, "aborted": 0,
+    }  # fmt: skip
 
-    code, results, _ = run_json(capsys, ["results", batch_id, "--redis-url", redis_url, "--json"])
+    code, report, _ = run_json(capsys, ["results", batch_id, "--redis-url", redis_url, "--json"])
     assert code == 1
-    assert [item["status"] for item in results] == ["cancelled", "cancelled"]
+    assert [item["status"] for item in report["results"]] == ["cancelled", "cancelled"]
     # A worker started now finds nothing to run.
     assert main(["worker", "--redis-url", redis_url, "--burst"]) == 0
     capsys.readouterr()
@@ -555,9 +573,13 @@ def test_unknown_batch_and_submit_refusals(
         out, err = capsys.readouterr()
         assert out == ""
         assert "no batch 'no-such-batch'" in single_error_line(err)
-    # depends_on needs a waiting submitter: submit refuses it and enqueues nothing
-    assert main(["submit", str(write_batch(tmp_path, SIMPLE_BATCH)), "--redis-url", redis_url]) == 2
-    assert "depends_on" in single_error_line(capsys.readouterr().err)
+    # a cycle is refused before anything reaches Redis
+    cycle = [{"id": "a", "title": "a", "depends_on": ["b"]}, {"id": "b", "title": "b", "depends_on": ["a"]}]
+    assert main(["submit", str(write_batch(tmp_path, cycle)), "--redis-url", redis_url]) == 2
+    assert "dependency cycle" in single_error_line(capsys.readouterr().err)
+    client = redis.Redis.from_url(redis_url)
+    assert client.dbsize() == 0
+    client.close()
 
 
 class WorkerProcess:
@@ -692,9 +714,9 @@ def test_sigint_during_a_job_stops_at_once_and_requeues_it(
 def test_a_redis_that_never_answers_ends_a_one_shot_command_with_exit_2(
     command: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import coditect.cli.app
+    import coditect.cli.batch_commands
 
-    monkeypatch.setattr(coditect.cli.app, "ONE_SHOT_DEADLINE_S", 0.5)
+    monkeypatch.setattr(coditect.cli.batch_commands, "ONE_SHOT_DEADLINE_S", 0.5)
     with socket.socket() as black_hole:  # accepts connections (the kernel does), never answers
         black_hole.bind(("127.0.0.1", 0))
         black_hole.listen(8)

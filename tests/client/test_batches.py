@@ -1,26 +1,45 @@
-"""BatchStore on fakeredis: idempotent enqueue, bulk reads, states, cancellation; result_from_arq."""
+"""Batches in Redis (BatchStore and the batch scripts) on fakeredis, with in-process workers whose job
+function does what each task's metadata says: succeed, fail, or wait to be released."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import pickle
-from datetime import UTC, datetime
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from arq.connections import ArqRedis
-from arq.jobs import serialize_result
 from arq.worker import func
 
-from coditect.client.batches import BatchRecord, BatchStore, result_from_arq
-from coditect.jobs import JOB_NAME
-from coditect.keys import done_key, job_id_for, wake_channel
+import coditect.client.batches as batches
+from coditect.client.batches import BatchStore
+from coditect.client.events import read_events
+from coditect.clock import now_ms
+from coditect.engine.worker import CoditectWorker
+from coditect.keys import BATCH_KEY_PREFIX, BATCHES_KEY, JOB_NAME, job_id_for, wake_channel
 from coditect.models import AgentTask, ExecutionResult, ExecutionStatus
-from coditect.serialization import job_serializer
-from tests.support.fake_backend import QUEUE, FakeBackend, now_ms, wait_until
+from tests.support.fake_backend import QUEUE, FakeBackend, wait_until
 
 KEEP_S = 600
+S, F, C, T = (
+    ExecutionStatus.SUCCESS,
+    ExecutionStatus.FAILED,
+    ExecutionStatus.CANCELLED,
+    ExecutionStatus.TIMEOUT,
+)
+RELEASE: dict[str, asyncio.Event] = {}
+
+
+async def scripted_task(ctx: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
+    """coditect's job name: ``metadata.outcome`` failed/success, ``metadata.hold`` waits for RELEASE."""
+    metadata = task.get("metadata", {})
+    if metadata.get("hold"):
+        await RELEASE.setdefault(task["id"], asyncio.Event()).wait()
+    status = metadata.get("outcome", "success")
+    return ExecutionResult(
+        task_id=task["id"], status=status, output=f"out-{task['id']}", agent=task.get("agent", "default"),
+        attempts=ctx["job_try"], error=None if status == "success" else "scripted failure",
+    ).to_json_dict()  # fmt: skip
 
 
 @pytest.fixture
@@ -28,296 +47,266 @@ def store(pool: ArqRedis) -> BatchStore:
     return BatchStore(pool, queue_name=QUEUE, keep_result_s=KEEP_S)
 
 
-def tasks(count: int, prefix: str = "t") -> list[AgentTask]:
-    return [AgentTask(id=f"{prefix}{i}", title=f"task {i}") for i in range(count)]
+@pytest.fixture
+def start_worker(backend: FakeBackend) -> Callable[..., CoditectWorker]:
+    RELEASE.clear()
+
+    def start(**options: Any) -> CoditectWorker:
+        return backend.worker([func(scripted_task, name=JOB_NAME)], **options)
+
+    return start
 
 
-def arq_result(
-    value: Any, *, success: bool, job_try: int = 1, start_ms: int = 1000, finish_ms: int = 3500
-) -> bytes:
-    payload = serialize_result(
-        JOB_NAME,
-        (),
-        {},
-        job_try,
-        500,
-        success,
-        value,
-        start_ms,
-        finish_ms,
-        "ref",
-        QUEUE,
-        "j",
-        serializer=job_serializer,
-    )
-    assert payload is not None
-    return payload
+def task(task_id: str, *deps: str, outcome: str = "success", hold: bool = False) -> AgentTask:
+    metadata: dict[str, str | int | float | bool | None] = {"outcome": outcome}
+    if hold:
+        metadata["hold"] = True
+    return AgentTask(id=task_id, title=f"task {task_id}", depends_on=list(deps), metadata=metadata)
 
 
-# -- enqueue --------------------------------------------------------------------------------------
+async def finished(store: BatchStore, batch_id: str) -> batches.BatchSummary:
+    async def done() -> batches.BatchSummary | None:
+        summary = await store.summary(batch_id)
+        return summary if summary is not None and summary.finished else None
+
+    result = await wait_until(done, what=f"batch {batch_id} finished")
+    assert result is not None
+    return result
 
 
-async def test_enqueue_writes_arq_jobs_and_is_idempotent(store: BatchStore, pool: ArqRedis) -> None:
-    before = now_ms()
-
-    assert await store.enqueue("b1", tasks(3)) == 3
-    assert await store.enqueue("b1", tasks(3)) == 0
-    assert await store.enqueue("b1", tasks(4)) == 1, "only the new task is added"
-
-    job_id = job_id_for("b1", "t0")
-    assert job_id == "coditect:b1:t0"
-    assert await pool.zcard(QUEUE) == 4
-    assert before <= await pool.zscore(QUEUE, job_id) <= now_ms()
-    job = json.loads(await pool.get(f"arq:job:{job_id}"))
-    assert (job["f"], job["k"], job["t"]) == (JOB_NAME, {}, None)
-    assert job["a"] == [tasks(1)[0].model_dump(mode="json")]
-    assert 86_300_000 < await pool.pttl(f"arq:job:{job_id}") <= 86_400_000, "a job lives at least a day"
+async def statuses(store: BatchStore, batch_id: str) -> dict[str, ExecutionStatus]:
+    results = await store.results(batch_id)
+    assert results is not None
+    return {result.task_id: result.status for result in results}
 
 
-async def test_enqueue_adds_nothing_once_the_result_exists(store: BatchStore, pool: ArqRedis) -> None:
-    await store.enqueue("b1", tasks(2))
-    await store.cancel([job_id_for("b1", "t0")], "stop")  # t0 now has a (cancelled) result
-
-    assert await store.enqueue("b1", tasks(2)) == 0
-    assert await pool.zscore(QUEUE, job_id_for("b1", "t0")) is None
+# -- submit ---------------------------------------------------------------------------------------
 
 
-async def test_enqueue_wakes_idle_workers(store: BatchStore, backend: FakeBackend) -> None:
+async def test_submit_records_the_batch_and_enqueues_only_tasks_without_dependencies(
+    store: BatchStore, pool: ArqRedis
+) -> None:
+    submitted = await store.submit("b1", [task("a"), task("b", "a"), task("c")], fields={"name": "n"})
+
+    assert (submitted.created, submitted.added) == (True, 3)
+    assert await pool.zrange(QUEUE, 0, -1) == [job_id_for("b1", "a").encode(), job_id_for("b1", "c").encode()]
+    assert await pool.exists(f"arq:job:{job_id_for('b1', 'b')}") == 0
+    assert await store.task_ids("b1") == ["a", "b", "c"]
+    assert await store.states("b1") == {
+        "a": ExecutionStatus.QUEUED,
+        "b": ExecutionStatus.PENDING,
+        "c": ExecutionStatus.QUEUED,
+    }
+    summary = await store.summary("b1")
+    assert summary is not None
+    assert (summary.name, summary.total, summary.counts["queued"], summary.finished) == ("n", 3, 3, False)
+    events = await read_events(pool, "b1", "0-0")
+    assert [(e.type, e.task_id) for e in events] == [
+        ("batch.submitted", None), ("task.queued", "a"), ("task.queued", "c"),
+    ]  # fmt: skip
+    assert submitted.last_event_id == events[-1].id
+    assert await pool.zscore(BATCHES_KEY, "b1") is not None
+    # Running batches keep their keys for a week; nothing in them is left without a TTL.
+    assert 6 * 86_400_000 < await pool.pttl(BATCH_KEY_PREFIX + "b1") <= 7 * 86_400_000
+
+
+async def test_submitting_a_batch_id_again_writes_nothing(store: BatchStore, pool: ArqRedis) -> None:
+    await store.submit("b1", [task("a")])
+    queued = await pool.zcard(QUEUE)
+
+    again = await store.submit("b1", [task("a"), task("x")])
+
+    assert (again.created, again.added) == (False, 0)
+    assert await pool.zcard(QUEUE) == queued
+    assert await store.task_ids("b1") == ["a"]
+
+
+async def test_submit_wakes_idle_workers(store: BatchStore, pool: ArqRedis, backend: FakeBackend) -> None:
     listener = backend.pool().pubsub()
     await listener.subscribe(wake_channel(QUEUE))
     try:
-        await store.enqueue("b1", tasks(2))
-        await store.enqueue("b1", tasks(2))  # adds nothing: publishes nothing
-        await store.enqueue("b1", [*tasks(2), AgentTask(id="x", title="x")])
-        messages = []
-        async with asyncio.timeout(5):
-            while len(messages) < 3:
-                message = await listener.get_message(timeout=1)
-                if message is not None:
-                    messages.append(message)
-        extra = await listener.get_message(timeout=0.05)
+        await listener.get_message(timeout=1)  # the subscription's confirmation
+        await store.submit("b1", [task("a"), task("b")])
+        message = await listener.get_message(timeout=1)
     finally:
         await listener.aclose()
-
-    assert [m["type"] for m in messages] == ["subscribe", "message", "message"]
-    assert [m["data"] for m in messages[1:]] == [b"2", b"1"]
-    assert extra is None
+    assert message is not None
+    assert message["type"] == "message"
 
 
-async def test_enqueue_of_many_tasks_uses_several_chunks(store: BatchStore, pool: ArqRedis) -> None:
-    assert await store.enqueue("big", tasks(1201)) == 1201
-    assert await pool.zcard(QUEUE) == 1201
-    assert await store.enqueue("big", []) == 0
+async def test_a_large_batch_is_sent_in_chunks_with_dependencies_across_them(
+    store: BatchStore, start_worker: Callable[..., CoditectWorker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(batches, "ATOMIC_TASKS", 10)
+    monkeypatch.setattr(batches, "CHUNK", 7)
+    chain = [task("t0")] + [task(f"t{i}", f"t{i - 1}") for i in range(1, 25)]
+    start_worker()
+
+    submitted = await store.submit("long", chain)
+
+    assert (submitted.created, submitted.added) == (True, 25)
+    summary = await finished(store, "long")
+    assert summary.counts["success"] == 25
+    results = await store.results("long")
+    assert results is not None
+    assert [r.task_id for r in results] == [t.id for t in chain]
 
 
-# -- reading results ------------------------------------------------------------------------------
+# -- workers drive the graph ----------------------------------------------------------------------
 
 
-async def test_fetch_results_reads_more_than_one_chunk(store: BatchStore, pool: ArqRedis) -> None:
-    job_ids = [job_id_for("b1", f"t{i}") for i in range(1203)]
-    finished = job_ids[::2]
-    async with pool.pipeline(transaction=False) as pipe:
-        for job_id in finished:
-            value = ExecutionResult(
-                task_id=job_id.rsplit(":", 1)[1], status=ExecutionStatus.SUCCESS, output=job_id
-            )
-            pipe.set(f"arq:result:{job_id}", arq_result(value.to_json_dict(), success=True))
-        await pipe.execute()
+async def test_a_dependant_is_enqueued_in_the_script_that_records_its_dependencys_result(
+    store: BatchStore, pool: ArqRedis, start_worker: Callable[..., CoditectWorker]
+) -> None:
+    start_worker()
+    await store.submit("b1", [task("a", hold=True), task("b", "a"), task("c", hold=True)])
+    await wait_until(lambda: _state(store, "b1", "a", ExecutionStatus.RUNNING), what="a running")
 
-    found = await store.fetch_results(job_ids)
+    RELEASE["a"].set()
 
-    assert list(found) == finished
-    assert all(found[job_id].output == job_id for job_id in finished)
-    assert found[job_id_for("b1", "t1202")].task_id == "t1202"
-    assert await store.fetch_results([]) == {}
-
-
-def test_result_from_arq_reads_a_success() -> None:
-    value = ExecutionResult(task_id="t1", status=ExecutionStatus.SUCCESS, output="done", attempts=2)
-
-    result = result_from_arq(arq_result(value.to_json_dict(), success=True, job_try=2), "coditect:b:t1")
-
-    assert result == value
+    await wait_until(lambda: _state(store, "b1", "b", ExecutionStatus.SUCCESS), what="b done")
+    assert (await store.states("b1"))["c"] is ExecutionStatus.RUNNING, "b ran while c still runs"
+    RELEASE["c"].set()
+    summary = await finished(store, "b1")
+    assert summary.counts["success"] == 3
+    types = [(e.type, e.task_id) for e in await read_events(pool, "b1", "0-0")]
+    assert types.index(("task.queued", "b")) == types.index(("task.succeeded", "a")) + 1
+    assert types[-1] == ("batch.finished", None)
 
 
-@pytest.mark.parametrize(
-    ("error", "status", "message"),
-    [
-        (TimeoutError(), ExecutionStatus.TIMEOUT, "TimeoutError"),
-        (asyncio.CancelledError(), ExecutionStatus.CANCELLED, "CancelledError"),
-        (
-            asyncio.CancelledError("batch timed out"),
-            ExecutionStatus.CANCELLED,
-            "CancelledError: batch timed out",
-        ),
-        (ValueError("boom"), ExecutionStatus.FAILED, "ValueError: boom"),
-        ("unable to serialize result", ExecutionStatus.FAILED, "unable to serialize result"),
-        (None, ExecutionStatus.FAILED, "job failed without an error message"),
-    ],
-    ids=["timeout", "cancelled", "cancelled-with-reason", "error", "text", "none"],
-)
-def test_result_from_arq_maps_a_failure(error: object, status: ExecutionStatus, message: str) -> None:
-    result = result_from_arq(arq_result(error, success=False, job_try=3), "coditect:b1:t:1")
-
-    assert (result.task_id, result.status, result.error, result.attempts) == ("t:1", status, message, 3)
-    assert result.started_at == datetime.fromtimestamp(1, UTC)
-    assert result.finished_at == datetime.fromtimestamp(3.5, UTC)
-    assert result.duration_s == 2.5
+async def _state(store: BatchStore, batch_id: str, task_id: str, status: ExecutionStatus) -> bool:
+    return (await store.states(batch_id)).get(task_id) is status
 
 
-@pytest.mark.parametrize(
-    "raw",
-    [
-        b"\x00garbage",
-        pickle.dumps({"r": 1, "s": True}),
-        b'{"no": "result"}',
-        b"[1, 2]",
-        b'{"r": 1, "t": "many"}',
-    ],
-    ids=["garbage", "pickle", "no-r", "list", "bad-try"],
-)
-def test_result_from_arq_turns_an_unreadable_record_into_a_failure(raw: bytes) -> None:
-    result = result_from_arq(raw, "other-job")
+async def test_a_failed_dependency_cancels_its_dependants_transitively_naming_the_cause(
+    store: BatchStore, start_worker: Callable[..., CoditectWorker]
+) -> None:
+    start_worker()
+    graph = [task("a", outcome="failed"), task("b", "a"), task("c", "b"), task("d"), task("e", "d", "b")]
+    await store.submit("b1", graph)
 
-    assert result.task_id == "other-job"
-    assert result.status is ExecutionStatus.FAILED
-    assert result.error is not None
-    assert result.error.startswith("unreadable result: ")
+    summary = await finished(store, "b1")
+
+    assert (summary.counts["success"], summary.counts["failed"], summary.counts["cancelled"]) == (1, 1, 3)
+    results = {r.task_id: r for r in await store.results("b1") or []}
+    assert results["a"].status is F
+    assert results["b"].error == "not run: dependency a did not succeed"
+    assert results["c"].error == "not run: dependency b did not succeed"
+    assert results["e"].status is C
+    assert all(results[t].attempts == 0 for t in "bce")
 
 
-def test_result_from_arq_turns_a_success_that_is_no_result_into_a_failure() -> None:
-    result = result_from_arq(arq_result({"status": "great"}, success=True, job_try=2), "coditect:b:t1")
+async def test_a_task_whose_dependency_failed_before_it_was_written_is_cancelled_at_once(
+    store: BatchStore, start_worker: Callable[..., CoditectWorker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(batches, "ATOMIC_TASKS", 1)
+    monkeypatch.setattr(batches, "CHUNK", 1)
+    start_worker()
+    submit = asyncio.create_task(store.submit("b1", [task("a", outcome="failed"), task("b", "a")]))
+    await submit
 
-    assert (result.task_id, result.status, result.attempts) == ("t1", ExecutionStatus.FAILED, 2)
-    assert result.error is not None
-    assert result.error.startswith("unreadable result: ")
+    await finished(store, "b1")
 
-
-# -- state ----------------------------------------------------------------------------------------
-
-
-async def test_states_missing_and_count_running(store: BatchStore, pool: ArqRedis) -> None:
-    await store.enqueue("b1", tasks(3))
-    queued, running, gone = (job_id_for("b1", f"t{i}") for i in range(3))
-    await pool.set(f"arq:in-progress:{running}", "worker")
-    await pool.delete(f"arq:job:{gone}")
-
-    assert await store.states([queued, running, gone]) == [
-        ExecutionStatus.QUEUED, ExecutionStatus.RUNNING, ExecutionStatus.PENDING,
-    ]  # fmt: skip
-    assert await store.missing([queued, running, gone]) == [gone]
-    assert await store.count_running([queued, running, gone]) == 1
-    assert await store.count_running([]) == 0
-
-
-async def test_count_running_over_several_chunks(store: BatchStore, pool: ArqRedis) -> None:
-    job_ids = [f"j{i}" for i in range(1100)]
-    async with pool.pipeline(transaction=False) as pipe:
-        for job_id in job_ids[::3]:
-            pipe.set(f"arq:in-progress:{job_id}", "w")
-        await pipe.execute()
-
-    assert await store.count_running(job_ids) == len(job_ids[::3])
+    assert await statuses(store, "b1") == {"a": F, "b": C}
 
 
 # -- cancel ---------------------------------------------------------------------------------------
 
 
-async def test_cancel_removes_queued_jobs_and_asks_running_ones_to_abort(
-    store: BatchStore, pool: ArqRedis
+async def test_cancel_ends_queued_and_waiting_tasks_and_aborts_running_ones(
+    store: BatchStore, pool: ArqRedis, start_worker: Callable[..., CoditectWorker]
 ) -> None:
-    await store.enqueue("b1", tasks(3))
-    queued, running, finished = (job_id_for("b1", f"t{i}") for i in range(3))
-    await pool.set(f"arq:in-progress:{running}", "worker")
-    await pool.set(f"arq:result:{finished}", b"kept")
+    start_worker(max_jobs=1)  # ids sort as the queue does: "run" is claimed, "so-queued" waits its turn
+    await store.submit("b1", [task("run", hold=True), task("so-queued"), task("waiting", "run")])
+    await wait_until(lambda: _state(store, "b1", "run", ExecutionStatus.RUNNING), what="run running")
 
-    assert await store.cancel([queued, running, finished], "cancelled by user") == (1, 1)
+    counts = await store.cancel("b1", reason="cancelled by user")
 
-    assert await pool.zscore(QUEUE, queued) is None
-    assert await pool.exists(f"arq:job:{queued}", f"arq:retry:{queued}") == 0
-    result = result_from_arq(await pool.get(f"arq:result:{queued}"), queued)
-    assert (result.task_id, result.status, result.error, result.attempts) == (
-        "t0",
-        ExecutionStatus.CANCELLED,
-        "CancelledError: cancelled by user",
-        0,
-    )
-    assert KEEP_S * 1000 - 1000 < await pool.pttl(f"arq:result:{queued}") <= KEEP_S * 1000
-    assert await pool.zscore(QUEUE, running) is not None, "a running job stays until its worker stops it"
-    assert await pool.zscore("arq:abort", running) is not None
-    assert await store.pending_aborts() == 1
-    assert await pool.get(f"arq:result:{finished}") == b"kept"
-    assert await store.cancel([queued], "again") == (0, 0)
-
-
-async def test_a_job_cancelled_before_it_started_reports_zero_attempts(
-    store: BatchStore, pool: ArqRedis
-) -> None:
-    await store.enqueue("b1", tasks(1))
-    job_id = job_id_for("b1", "t0")
-    await store.cancel([job_id], "cancelled by user")
-
-    assert result_from_arq(await pool.get(f"arq:result:{job_id}"), job_id).attempts == 0
-
-
-async def _recording_execute_task(ctx: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
-    ctx["ran"].append(task["id"])
-    if task["id"].startswith("hold"):
-        await ctx["release"].wait()
-    return ExecutionResult(task_id=task["id"], status=ExecutionStatus.SUCCESS).to_json_dict()
-
-
-async def test_a_cancelled_job_never_runs_and_a_running_one_is_aborted(
-    store: BatchStore, pool: ArqRedis, backend: FakeBackend
-) -> None:
-    ran: list[str] = []
-    release = asyncio.Event()
-    await store.enqueue("b1", [AgentTask(id="queued", title="q")])
-    assert await store.cancel([job_id_for("b1", "queued")], "cancelled by user") == (1, 0)
-    assert await store.wait_done("b1", timeout_s=5) == [job_id_for("b1", "queued")]  # the waiter is told
-
-    backend.worker([func(_recording_execute_task, name=JOB_NAME)], ctx={"ran": ran, "release": release})
-    await store.enqueue("b1", [AgentTask(id="hold", title="h")])
-    hold = job_id_for("b1", "hold")
-    await wait_until(lambda: store.count_running([hold]), what="the job to start")
-    assert await store.cancel([hold], "cancelled by user") == (0, 1)
-
-    assert await store.wait_done("b1", timeout_s=5) == [hold]
-    results = await store.fetch_results([job_id_for("b1", "queued"), hold])
-    assert [r.status for r in results.values()] == [ExecutionStatus.CANCELLED] * 2
-    assert ran == ["hold"]
+    assert counts == (1, 1, 1)
+    summary = await finished(store, "b1")  # the running task's worker records its abort
+    assert summary.counts["cancelled"] == 3
+    results = {r.task_id: r for r in await store.results("b1") or []}
+    assert {r.error for r in results.values()} == {"cancelled by user"}
+    assert results["run"].attempts == 1 and results["so-queued"].attempts == 0
     assert await pool.zcard(QUEUE) == 0
+    assert "run" not in RELEASE or not RELEASE["run"].is_set(), "aborted, not released"
 
 
-# -- records and the done list --------------------------------------------------------------------
+async def test_a_cancelled_batch_enqueues_nothing_afterwards(
+    store: BatchStore, start_worker: Callable[..., CoditectWorker]
+) -> None:
+    await store.submit("b1", [task("a"), task("b", "a")])
+    assert await store.cancel("b1", reason="stop") == (1, 1, 0)
+
+    start_worker()
+    summary = await finished(store, "b1")
+
+    assert summary.counts["cancelled"] == 2
+    assert summary.cancelled == "stop"
 
 
-async def test_a_batch_record_is_saved_and_loaded(store: BatchStore, pool: ArqRedis) -> None:
-    record = BatchRecord(id="b1", name="nightly", task_ids=["t1", "t2"])
+async def test_a_timeout_ends_unfinished_tasks_as_timeout_for_good(
+    store: BatchStore, start_worker: Callable[..., CoditectWorker]
+) -> None:
+    start_worker()
+    await store.submit("b1", [task("slow", hold=True), task("later", "slow")])
+    await wait_until(lambda: _state(store, "b1", "slow", ExecutionStatus.RUNNING), what="running")
 
-    await store.save(record)
+    await store.cancel("b1", reason="batch b1 timed out", as_timeout=True)
 
-    assert await store.load("b1") == record
-    assert await store.load("nope") is None
-    assert KEEP_S - 2 < await pool.ttl("coditect:batch:b1") <= KEEP_S
+    await finished(store, "b1")
+    results = await store.results("b1")
+    assert results is not None
+    assert [(r.status, r.error) for r in results] == [(T, "batch b1 timed out"), (T, "batch b1 timed out")]
 
 
-async def test_wait_done_returns_everything_pushed_and_nothing_on_timeout(
+async def test_cancelling_an_unknown_batch_says_so(store: BatchStore) -> None:
+    assert await store.cancel("nope", reason="x") is None
+    assert await store.results("nope") is None
+    assert await store.summary("nope") is None
+
+
+# -- reading --------------------------------------------------------------------------------------
+
+
+async def test_a_finished_batch_has_totals_a_final_event_and_the_keep_ttl(
+    store: BatchStore, pool: ArqRedis, start_worker: Callable[..., CoditectWorker]
+) -> None:
+    start_worker(batch_keep_s=KEEP_S)
+    await store.submit("b1", [task("a"), task("b", outcome="failed")])
+
+    summary = await finished(store, "b1")
+
+    assert summary.finished_at is not None and summary.created_at is not None
+    assert summary.duration_s is not None and summary.duration_s >= 0
+    events = await read_events(pool, "b1", "0-0")
+    assert events[-1].type == "batch.finished"
+    assert events[-1].data["success"] == 1 and events[-1].data["failed"] == 1
+    assert 0 < await pool.pttl(BATCH_KEY_PREFIX + "b1") <= KEEP_S * 1000
+    data = summary.to_json_dict()
+    assert set(data) >= {"id", "name", "created_at", "counts", "usage", "cost_usd"}
+
+
+async def test_results_give_unfinished_tasks_their_state_in_order(store: BatchStore) -> None:
+    await store.submit("b1", [task("a"), task("b", "a")])
+
+    results = await store.results("b1")
+
+    assert results is not None
+    assert [(r.task_id, r.status, r.attempts) for r in results] == [
+        ("a", ExecutionStatus.QUEUED, 0), ("b", ExecutionStatus.PENDING, 0),
+    ]  # fmt: skip
+
+
+async def test_recent_lists_batches_newest_first_and_forgets_expired_ones(
     store: BatchStore, pool: ArqRedis
 ) -> None:
-    await pool.rpush(done_key("b1"), "j1", "j2", "j3")
+    await store.submit("old", [task("a")])
+    await pool.zadd(BATCHES_KEY, {"old": now_ms() - 1000})
+    await store.submit("new", [task("a")])
+    await pool.zadd(BATCHES_KEY, {"gone": now_ms() + 1000})  # its record expired
 
-    assert await store.wait_done("b1", timeout_s=1) == ["j1", "j2", "j3"]
-    assert await store.wait_done("b1", timeout_s=0.05) == []
-    assert await store.wait_done("b1", timeout_s=0) == [], "a zero timeout does not block for ever"
+    recent = await store.recent()
 
-
-async def test_wait_done_blocks_until_a_job_finishes(store: BatchStore, pool: ArqRedis) -> None:
-    waiting = asyncio.create_task(store.wait_done("b1", timeout_s=5))
-
-    done, _ = await asyncio.wait({waiting}, timeout=0.05)
-    assert not done, "nothing finished yet: still blocked"
-    await pool.rpush(done_key("b1"), "j1")
-
-    async with asyncio.timeout(5):
-        assert await waiting == ["j1"]
+    assert [summary.id for summary in recent] == ["new", "old"]
+    assert await pool.zscore(BATCHES_KEY, "gone") is None

@@ -16,23 +16,29 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 import coditect.client.orchestrator as orchestrator
 from coditect.agents import AgentRegistry
-from coditect.client.orchestrator import BatchProgress, ProjectOrchestrator, dependency_waves
-from coditect.engine.embedded import EmbeddedBackend
-from coditect.errors import TaskInputError
-from coditect.jobs import EMBEDDED_KEY, SETTINGS_KEY, worker_options
-from coditect.keys import job_id_for
-from coditect.models import AgentTask, ExecutionResult, ExecutionStatus
+from coditect.client.orchestrator import BatchProgress, ProjectOrchestrator
+from coditect.errors import ConfigurationError, TaskInputError
+from coditect.models import AgentConfig, AgentTask, ExecutionStatus
 from coditect.settings import Settings
-from tests.support.fake_backend import FakeBackend, wait_until
+from tests.support.fake_backend import wait_until
 
 SUCCESS, FAILED = ExecutionStatus.SUCCESS, ExecutionStatus.FAILED
+CANCELLED, TIMEOUT = ExecutionStatus.CANCELLED, ExecutionStatus.TIMEOUT
+PYTHON_AGENTS = "tests.support.python_agents"
 
 
 @pytest.fixture
 def orch_settings(settings: Settings, tmp_path: Path) -> Settings:
     agents_file = tmp_path / "agents.json"
-    # "broken" fails at once, on the worker as in the orchestrator's checks: api mode without an endpoint
-    agents_file.write_text(json.dumps({"agents": [{"name": "broken", "mode": "api"}]}))
+    agents = [
+        # "broken" fails at once, on the worker: api mode without an endpoint
+        {"name": "broken", "mode": "api"},
+        {"name": "planner", "mode": "python", "entrypoint": f"{PYTHON_AGENTS}:planner"},
+        {"name": "llm-planner", "mode": "python", "entrypoint": f"{PYTHON_AGENTS}:planner_with_llm"},
+        {"name": "recursive", "mode": "python", "entrypoint": f"{PYTHON_AGENTS}:recursive"},
+        {"name": "sleeper", "mode": "python", "entrypoint": f"{PYTHON_AGENTS}:sleeper"},
+    ]
+    agents_file.write_text(json.dumps({"agents": agents}))
     return settings.model_copy(
         update={
             "offline_latency_s": 0.02,
@@ -87,25 +93,37 @@ async def test_execute_tasks_parallel_returns_results_in_input_order(orch: Proje
     assert all(r.output.endswith(f"task {r.task_id}") for r in results if r.task_id != "inline")
 
 
-async def test_tasks_run_in_dependency_waves(orch: ProjectOrchestrator) -> None:
+async def test_a_dependant_starts_as_soon_as_its_dependency_succeeds(orch: ProjectOrchestrator) -> None:
+    """A (20 ms) -> B, beside an independent C (1 s): B starts right after A, not after C."""
     batch = [
-        AgentTask(id="c", title="third", depends_on=["b"]),
         AgentTask(id="a", title="first"),
         AgentTask(id="b", title="second", depends_on=["a"]),
-        AgentTask(id="d", title="independent"),
+        AgentTask(id="c", title="independent", agent="sleeper", metadata={"seconds": 1.0}),
     ]
 
     results = {r.task_id: r for r in await orch.run_batch(batch)}
 
-    assert all(r.status is SUCCESS for r in results.values())
-    for before, after in (("a", "b"), ("b", "c")):
-        finished, started = results[before].finished_at, results[after].started_at
-        assert finished is not None
-        assert started is not None
-        assert started >= finished, f"{after} started before {before} finished"
+    a, b, c = results["a"], results["b"], results["c"]
+    assert a.finished_at is not None and b.started_at is not None and c.finished_at is not None
+    assert a.finished_at <= b.started_at < c.finished_at, "B ran while C was still running"
+    assert (b.started_at - a.finished_at).total_seconds() < 0.5
 
 
-async def test_dependants_of_a_failed_task_are_skipped(orch: ProjectOrchestrator) -> None:
+async def test_a_dependant_receives_its_dependencies_outputs_in_its_prompt(orch: ProjectOrchestrator) -> None:
+    batch = [
+        AgentTask(id="facts", title="List the facts"),
+        AgentTask(id="essay", title="Write the essay", depends_on=["facts"]),
+    ]
+
+    facts, essay = await orch.run_batch(batch)
+
+    assert essay.status is SUCCESS
+    # The offline provider counts the prompt's tokens: the essay's prompt holds the facts' output.
+    alone = await orch.run_batch([AgentTask(id="alone", title="Write the essay")])
+    assert essay.usage.input_tokens > alone[0].usage.input_tokens + len(facts.output) // 8
+
+
+async def test_dependants_of_a_failed_task_are_cancelled_transitively(orch: ProjectOrchestrator) -> None:
     batch = [
         AgentTask(id="bad", title="fails", agent="broken"),
         AgentTask(id="dep", title="needs bad", depends_on=["bad"]),
@@ -120,24 +138,9 @@ async def test_dependants_of_a_failed_task_are_skipped(orch: ProjectOrchestrator
     assert "needs an 'endpoint' URL" in (results["bad"].error or "")
     for task_id, dependency in (("dep", "bad"), ("grand", "dep")):
         skipped = results[task_id]
-        assert (skipped.status, skipped.attempts) == (ExecutionStatus.CANCELLED, 0)
+        assert (skipped.status, skipped.attempts) == (CANCELLED, 0)
         assert skipped.error == f"not run: dependency {dependency} did not succeed"
-        assert not await orch.redis.exists(f"arq:result:{job_id_for('deps', task_id)}"), "never enqueued"
     assert (results["ok"].status, results["after-ok"].status) == (SUCCESS, SUCCESS)
-
-
-def test_dependency_waves_keep_input_order_within_a_wave() -> None:
-    batch = [
-        AgentTask(id="z", title="z", depends_on=["y", "x"]),
-        AgentTask(id="y", title="y"),
-        AgentTask(id="w", title="w", depends_on=["y"]),
-        AgentTask(id="x", title="x"),
-    ]
-
-    waves = dependency_waves(batch)
-
-    assert [[t.id for t in wave] for wave in waves] == [["y", "x"], ["z", "w"]]
-    assert dependency_waves([]) == []
 
 
 # -- refused input --------------------------------------------------------------------------------
@@ -160,19 +163,17 @@ D_NEEDS_C = AgentTask(id="d", title="d", depends_on=["c"])
             "tasks[1].depends_on",
             "unknown task id 'nope'",
         ),
-        (
-            lambda o: o.run_batch([A, C_NEEDS_D, D_NEEDS_C]),
-            "depends_on",
-            "dependency cycle among tasks c, d",
-        ),
+        (lambda o: o.submit([A, C_NEEDS_D, D_NEEDS_C]), "depends_on", "dependency cycle among tasks c, d"),
         (lambda o: o.execute_tasks_parallel([A], batch_id="a:b"), "batch_id", "use 1-64 letters"),
-        (lambda o: o.submit([A, AgentTask(id="c", title="c", depends_on=["a"])]), "depends_on", "run_batch"),
         (lambda o: o.results("never-submitted"), "batch", "no batch 'never-submitted'"),
         (lambda o: o.cancel("never-submitted"), "batch", "no batch 'never-submitted'"),
+        (lambda o: o.wait("never-submitted"), "batch", "no batch 'never-submitted'"),
+        (lambda o: o.summary("never-submitted"), "batch", "no batch 'never-submitted'"),
     ],
     ids=[
         "unknown-id", "unknown-agent", "add-unknown-agent", "repeated-id", "unknown-dependency", "cycle",
-        "batch-id-colon", "submit-with-dependencies", "results-unknown-batch", "cancel-unknown-batch",
+        "batch-id-colon", "results-unknown-batch", "cancel-unknown-batch", "wait-unknown-batch",
+        "summary-unknown-batch",
     ],
 )  # fmt: skip
 async def test_invalid_input_is_refused_naming_the_field_and_nothing_is_enqueued(
@@ -189,162 +190,254 @@ async def test_invalid_input_is_refused_naming_the_field_and_nothing_is_enqueued
     assert await orch.redis.zcard(orch.settings.queue_name) == 0
 
 
+# -- submit and leave; follow from anywhere -------------------------------------------------------
+
+
+async def test_a_batch_with_dependencies_can_be_submitted_and_followed_by_another_orchestrator(
+    orch: ProjectOrchestrator, orch_settings: Settings
+) -> None:
+    batch = [AgentTask(id="a", title="a"), AgentTask(id="b", title="b", depends_on=["a"])]
+    batch_id = await orch.submit(batch, batch_id="left", name="submitted and left")
+    snapshots: list[BatchProgress] = []
+
+    results = await orch.wait(batch_id, on_progress=snapshots.append)
+
+    assert [(r.task_id, r.status) for r in results] == [("a", SUCCESS), ("b", SUCCESS)]
+    assert (snapshots[-1].total, snapshots[-1].done) == (2, 2)
+    summary = await orch.summary("left")
+    assert (summary.name, summary.finished, summary.counts["success"]) == ("submitted and left", True, 2)
+    assert [s.id for s in await orch.batches()] == ["left"]
+
+
+async def test_as_completed_yields_each_result_once_as_tasks_end(orch: ProjectOrchestrator) -> None:
+    batch_id = await orch.submit(tasks(20))
+
+    seen = [result.task_id async for result in orch.as_completed(batch_id)]
+
+    assert sorted(seen) == sorted(t.id for t in tasks(20))
+    again = [result.task_id async for result in orch.as_completed(batch_id)]  # a finished batch
+    assert sorted(again) == sorted(seen)
+
+
+async def test_events_of_a_batch_are_complete_and_in_order(orch_settings: Settings) -> None:
+    retrying = orch_settings.model_copy(update={"max_tries": 2, "retry_backoff_s": 0})
+    agents = AgentRegistry(
+        [AgentConfig(name="default"), AgentConfig(name="flaky", mode="api", endpoint="http://127.0.0.1:1/x")]
+    )
+    async with ProjectOrchestrator(retrying, agents=agents) as orch:
+        await orch.run_batch(
+            [AgentTask(id="ok", title="fine"), AgentTask(id="flaky", title="unreachable", agent="flaky")],
+            batch_id="ev",
+        )
+        events = [event async for event in orch.events("ev", follow=False)]
+        everything = [event async for event in orch.events(follow=False)]
+
+    flow = [(event.type, event.task_id, event.attempt) for event in events]
+    assert flow[0] == ("batch.submitted", None, None)
+    assert flow[-1] == ("batch.finished", None, None)
+    ok = [entry for entry in flow if entry[1] == "ok"]
+    assert ok == [("task.queued", "ok", 0), ("task.started", "ok", 1), ("task.succeeded", "ok", 1)]
+    flaky = [entry for entry in flow if entry[1] == "flaky"]
+    assert flaky == [
+        ("task.queued", "flaky", 0), ("task.started", "flaky", 1), ("task.retrying", "flaky", 1),
+        ("task.started", "flaky", 2), ("task.failed", "flaky", 2),
+    ]  # fmt: skip
+    assert [event.id for event in events] == sorted(event.id for event in events)
+    failed = next(event for event in events if event.type == "task.failed")
+    assert "cannot reach" in failed.data["error"] and failed.worker
+    succeeded = next(event for event in events if event.type == "task.succeeded")
+    assert succeeded.data["in"] > 0 and succeeded.data["duration"] >= 0
+    assert "output" not in succeeded.data and "title" not in json.dumps(succeeded.to_json_dict())
+    in_all = [(event.type, event.task_id, event.attempt) for event in everything if event.batch_id == "ev"]
+    assert in_all == flow, "the stream of all batches has the same events, in the same order"
+
+
+async def test_events_since_an_id_are_only_the_later_ones(orch: ProjectOrchestrator) -> None:
+    await orch.run_batch(tasks(2), batch_id="since")
+    events = [event async for event in orch.events("since", follow=False)]
+
+    later = [event async for event in orch.events("since", events[2].id, follow=False)]
+
+    assert [event.id for event in later] == [event.id for event in events[3:]]
+
+
 # -- deadlines, cancellation, status --------------------------------------------------------------
 
 
-async def test_a_batch_timeout_reports_unfinished_tasks_and_cancels_them(orch_settings: Settings) -> None:
+async def test_a_batch_timeout_ends_unfinished_tasks_as_timeout_and_results_agree(
+    orch_settings: Settings,
+) -> None:
     slow = orch_settings.model_copy(update={"offline_latency_s": 30.0, "max_jobs": 2, "embedded_workers": 1})
     async with ProjectOrchestrator(slow) as orch:
         started = time.monotonic()
 
         results = await orch.execute_tasks_parallel(tasks(4), batch_id="slow", timeout_s=0.3)
 
-        assert time.monotonic() - started < 3
-        assert [(r.status, r.attempts) for r in results] == [(ExecutionStatus.TIMEOUT, 0)] * 4
+        assert time.monotonic() - started < 5
+        assert [r.status for r in results] == [TIMEOUT] * 4
         assert all("batch slow timed out" in (r.error or "") for r in results)
-        redis = orch.redis
-        await wait_until(lambda: _zero(redis.zcard(slow.queue_name)), what="the queue to empty")
-        in_redis = await orch.results("slow")
-        assert [r.status for r in in_redis] == [ExecutionStatus.CANCELLED] * 4
-        assert await job_keys(redis) == []
+        later = await orch.results("slow")
+        assert [r.status for r in later] == [TIMEOUT] * 4, "results say what run said"
+        assert await job_keys(orch.redis) == []
 
 
-async def test_results_and_cancel_of_a_submitted_batch(orch_settings: Settings) -> None:
+async def test_cancel_of_a_submitted_batch_ends_queued_waiting_and_running_tasks(
+    orch_settings: Settings,
+) -> None:
     slow = orch_settings.model_copy(update={"offline_latency_s": 30.0, "max_jobs": 1, "embedded_workers": 1})
     async with ProjectOrchestrator(slow) as orch:
-        batch_id = await orch.submit(tasks(2), batch_id="sub", name="two slow ones")
-        job_ids = [job_id_for("sub", t.id) for t in tasks(2)]
-        await wait_until(lambda: orch.store.count_running(job_ids), what="one task to start")
+        batch = [*tasks(2), AgentTask(id="after", title="after", depends_on=["t0"])]
+        batch_id = await orch.submit(batch, batch_id="sub")
+        await wait_until(lambda: _running(orch, batch_id), what="one task to start")
 
         before = await orch.results(batch_id)
         counts = await orch.cancel(batch_id)
-        await wait_until(lambda: _all_found(orch, job_ids), what="both cancelled results")
-        after = await orch.results(batch_id)
+        after = await orch.wait(batch_id)
 
-    assert batch_id == "sub"
-    assert [r.task_id for r in before] == ["t0", "t1"]
-    assert sorted(r.status for r in before) == sorted([ExecutionStatus.RUNNING, ExecutionStatus.QUEUED])
-    assert counts == (1, 1)
-    assert [(r.task_id, r.status) for r in after] == [
-        ("t0", ExecutionStatus.CANCELLED),
-        ("t1", ExecutionStatus.CANCELLED),
+    assert [r.status for r in before] == [
+        ExecutionStatus.RUNNING,
+        ExecutionStatus.QUEUED,
+        ExecutionStatus.PENDING,
     ]
+    assert counts == (1, 1, 1)
+    assert [(r.task_id, r.status, r.error) for r in after] == [
+        ("t0", CANCELLED, "cancelled by user"), ("t1", CANCELLED, "cancelled by user"),
+        ("after", CANCELLED, "cancelled by user"),
+    ]  # fmt: skip
 
 
-async def test_results_of_a_finished_batch(orch: ProjectOrchestrator) -> None:
-    await orch.execute_tasks_parallel(tasks(2), batch_id="done")
+async def _running(orch: ProjectOrchestrator, batch_id: str) -> bool:
+    summary = await orch.summary(batch_id)
+    return summary.counts["running"] == 1
 
-    assert [(r.task_id, r.status) for r in await orch.results("done")] == [("t0", SUCCESS), ("t1", SUCCESS)]
 
-
-async def test_progress_snapshots_end_with_everything_done(orch: ProjectOrchestrator) -> None:
+async def test_progress_counts_each_final_status_apart(orch: ProjectOrchestrator) -> None:
     snapshots: list[BatchProgress] = []
-    batch = [*tasks(4), AgentTask(id="bad", title="fails", agent="broken")]
+    batch = [
+        *tasks(3),
+        AgentTask(id="bad", title="fails", agent="broken"),
+        AgentTask(id="x", title="x", depends_on=["bad"]),
+    ]
 
     results = await orch.execute_tasks_parallel(batch, on_progress=snapshots.append)
 
-    assert [r.status for r in results] == [SUCCESS] * 4 + [FAILED]
-    assert snapshots, "at least the final snapshot"
+    assert [r.status for r in results] == [SUCCESS] * 3 + [FAILED, CANCELLED]
     final = snapshots[-1]
-    assert (final.total, final.done, final.running, final.failed, final.queued) == (5, 5, 0, 1, 0)
-    assert all(s.total == 5 for s in snapshots)
+    assert (final.total, final.done, final.succeeded, final.failed, final.cancelled) == (5, 5, 3, 1, 1)
     assert [s.done for s in snapshots] == sorted(s.done for s in snapshots)
-    assert all(0 <= s.running <= s.total - s.done for s in snapshots)
-    assert final.elapsed_s >= 0
-
-
-async def test_jobs_lost_by_redis_are_enqueued_again(
-    orch_settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    monkeypatch.setattr(orchestrator, "FULL_CHECK_INTERVAL_S", 0.05)
-    not_started: list[EmbeddedBackend] = []
-
-    class WorkersLater(EmbeddedBackend):
-        async def start(self) -> None:
-            not_started.append(self)
-
-    monkeypatch.setattr(orchestrator, "EmbeddedBackend", WorkersLater)
-    queue = orch_settings.queue_name
-    caplog.set_level(logging.WARNING, logger="coditect.client.orchestrator")
-    async with ProjectOrchestrator(orch_settings) as orch:
-        redis = orch.redis
-        running = asyncio.create_task(orch.execute_tasks_parallel(tasks(3), batch_id="lost"))
-        await wait_until(lambda: _equal(redis.zcard(queue), 3), what="the batch to be enqueued")
-        job_ids = [job_id_for("lost", t.id) for t in tasks(3)]
-        async with redis.pipeline(transaction=True) as pipe:  # Redis restarts without its data
-            pipe.delete(*(f"arq:job:{job_id}" for job_id in job_ids))
-            pipe.zrem(queue, *job_ids)
-            await pipe.execute()
-
-        await EmbeddedBackend.start(not_started[0])
-        async with asyncio.timeout(10):
-            results = await running
-
-    assert [(r.task_id, r.status) for r in results] == [("t0", SUCCESS), ("t1", SUCCESS), ("t2", SUCCESS)]
-    assert "batch lost: 3 job(s) were lost by Redis; enqueued again" in caplog.text
-
-
-async def test_an_orchestrator_with_a_redis_url_uses_the_workers_already_running(
-    orch_settings: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    opened: list[int] = []
-    async with FakeBackend(orch_settings.queue_name) as backend:
-
-        async def fake_pool(settings: Settings, *, conn_retries: int = 5) -> ArqRedis:
-            opened.append(conn_retries)
-            return backend.pool(track=False)  # the orchestrator closes it
-
-        monkeypatch.setattr(orchestrator, "create_redis_pool", fake_pool)
-        tuned = orch_settings.model_copy(update={"embedded_workers": 1})
-        backend.worker(**worker_options(tuned), ctx={SETTINGS_KEY: tuned, EMBEDDED_KEY: True})
-
-        async with ProjectOrchestrator(tuned, redis_url="redis://redis.example:6379") as orch:
-            results = await orch.execute_tasks_parallel(tasks(2))
-
-    assert orch.settings.redis_url == "redis://redis.example:6379"
-    assert opened == [1], "one quick connection attempt, not ARQ's five"
-    assert [r.status for r in results] == [SUCCESS, SUCCESS]
-
-
-async def test_a_submitted_batch_can_be_awaited_with_progress(orch: ProjectOrchestrator) -> None:
-    snapshots: list[BatchProgress] = []
-    batch_id = await orch.submit(tasks(3))
-
-    results = await orch.wait(batch_id, ["t0", "t1", "t2"], on_progress=snapshots.append)
-
-    assert sorted(results) == ["t0", "t1", "t2"]
-    assert all(r.status is SUCCESS for r in results.values())
-    assert (snapshots[-1].total, snapshots[-1].done) == (3, 3)
 
 
 async def test_a_redis_outage_while_a_batch_runs_is_ridden_out(
     orch: ProjectOrchestrator, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = orch.store
-    real_enqueue, real_wait_done = store.enqueue, store.wait_done
+    real_submit, real_summary = store.submit, store.summary
     failed: list[str] = []
 
-    async def enqueue(*args: Any, **kwargs: Any) -> int:
-        if "enqueue" not in failed:
-            failed.append("enqueue")
+    async def submit(*args: Any, **kwargs: Any) -> Any:
+        if "submit" not in failed:
+            failed.append("submit")
             raise RedisConnectionError("Connection reset by peer")
-        return await real_enqueue(*args, **kwargs)
+        return await real_submit(*args, **kwargs)
 
-    async def wait_done(*args: Any, **kwargs: Any) -> list[str]:
-        if "wait_done" not in failed:
-            failed.append("wait_done")
+    async def summary(*args: Any, **kwargs: Any) -> Any:
+        if "summary" not in failed:
+            failed.append("summary")
             raise RedisConnectionError("Connection reset by peer")
-        return await real_wait_done(*args, **kwargs)
+        return await real_summary(*args, **kwargs)
 
-    monkeypatch.setattr(store, "enqueue", enqueue)
-    monkeypatch.setattr(store, "wait_done", wait_done)
-    caplog.set_level(logging.WARNING, logger="coditect.client.orchestrator")
+    monkeypatch.setattr(store, "submit", submit)
+    monkeypatch.setattr(store, "summary", summary)
+    caplog.set_level(logging.WARNING, logger="coditect.backoff")
 
     results = await orch.execute_tasks_parallel(tasks(3))
 
     assert [r.status for r in results] == [SUCCESS] * 3
-    assert failed == ["enqueue", "wait_done"]
-    assert caplog.text.count("Redis unreachable (Connection reset by peer); trying again in 0.05 s") == 2
+    assert failed == ["submit", "summary"]
+    assert caplog.text.count("Redis unreachable (Connection reset by peer)") == 2
+
+
+async def test_a_batch_that_redis_lost_is_enqueued_again_by_its_submitter(orch: ProjectOrchestrator) -> None:
+    slow_first = [AgentTask(id="t0", title="t0"), AgentTask(id="t1", title="t1", depends_on=["t0"])]
+    run = asyncio.create_task(orch.run_batch(slow_first, batch_id="lost"))
+    await wait_until(lambda: orch.store.exists("lost"), what="the batch recorded")
+    await orch.redis.flushall()  # Redis restarts without its data
+
+    results = await asyncio.wait_for(run, 10)
+
+    assert [(r.task_id, r.status) for r in results] == [("t0", SUCCESS), ("t1", SUCCESS)]
+
+
+# -- delegation -----------------------------------------------------------------------------------
+
+
+async def test_a_python_agent_delegates_to_other_agents_and_gets_their_results(
+    orch: ProjectOrchestrator,
+) -> None:
+    (parent,) = await orch.run_batch(
+        [AgentTask(id="plan", title="Write a guide", agent="planner")], batch_id="dg"
+    )
+
+    assert (parent.status, parent.output) == (SUCCESS, "plan.1=success | plan.2=success")
+    results = {r.task_id: r for r in await orch.results("dg")}
+    assert set(results) == {"plan", "plan.1", "plan.2"}
+    assert results["plan.1"].agent == "writer"
+    summary = await orch.summary("dg")
+    assert (summary.total, summary.counts["success"]) == (3, 3)
+    assert summary.totals["in"] >= results["plan.1"].usage.input_tokens + results["plan.2"].usage.input_tokens
+
+
+async def test_a_python_agent_plans_with_its_model_then_delegates(orch: ProjectOrchestrator) -> None:
+    (parent,) = await orch.run_batch([AgentTask(id="p", title="Plan it", agent="llm-planner")])
+
+    assert (parent.status, parent.output) == (SUCCESS, "p.draft:success")
+    assert parent.usage.input_tokens > 0, "the planning call's tokens count"
+    assert parent.usage.output_tokens > 1
+
+
+async def test_delegation_depth_is_bounded_with_a_clear_error(orch_settings: Settings) -> None:
+    shallow = orch_settings.model_copy(update={"max_delegation_depth": 2})
+    async with ProjectOrchestrator(shallow) as orch:
+        (root,) = await orch.run_batch([AgentTask(id="r", title="go", agent="recursive")], batch_id="deep")
+        ids = [r.task_id for r in await orch.results("deep")]
+
+    assert root.status is SUCCESS
+    assert (
+        root.output == "depth 2: not run: delegation depth 3 is over CODITECT_MAX_DELEGATION_DEPTH (2); "
+        "task r.1.1 may not delegate further"
+    )
+    assert ids == ["r", "r.1", "r.1.1"]
+
+
+async def test_parents_waiting_for_children_never_starve_the_worker_pool(orch_settings: Settings) -> None:
+    """Every slot can hold a waiting parent: a waiting parent gives its slot back."""
+    tight = orch_settings.model_copy(update={"embedded_workers": 1, "max_jobs": 2})
+    parents = [AgentTask(id=f"p{i}", title=f"guide {i}", agent="planner") for i in range(10)]
+    async with ProjectOrchestrator(tight) as orch:
+        results = await asyncio.wait_for(orch.run_batch(parents, batch_id="pool"), 30)
+        summary = await orch.summary("pool")
+
+    assert all(r.status is SUCCESS for r in results)
+    assert (summary.total, summary.counts["success"]) == (30, 30)
+
+
+# -- what a new user hits (issue 8) -----------------------------------------------------------------
+
+
+async def test_the_embedded_workers_use_the_orchestrators_own_agents(settings: Settings) -> None:
+    agents = AgentRegistry([AgentConfig(name="custom", system_prompt="Only mine.")])
+    async with ProjectOrchestrator(settings, agents=agents) as orch:
+        (result,) = await orch.run_batch([AgentTask(title="x", agent="custom")])
+
+    assert (result.status, result.agent) == (SUCCESS, "custom")
+
+
+async def test_embedded_workers_that_cannot_start_fail_the_orchestrator_at_once(settings: Settings) -> None:
+    keyless = settings.model_copy(update={"llm_provider": "anthropic"})
+
+    with pytest.raises(ConfigurationError, match="needs an API key"):
+        async with asyncio.timeout(10), ProjectOrchestrator(keyless):
+            pass
 
 
 # -- life cycle -----------------------------------------------------------------------------------
@@ -367,14 +460,7 @@ async def test_an_open_orchestrator_cannot_be_opened_again(orch: ProjectOrchestr
         await orch.open()
 
 
-async def _zero(count: Awaitable[int]) -> bool:
-    return await count == 0
-
-
-async def _equal(count: Awaitable[int], expected: int) -> bool:
-    return await count == expected
-
-
-async def _all_found(orch: ProjectOrchestrator, job_ids: list[str]) -> bool:
-    found: dict[str, ExecutionResult] = await orch.store.fetch_results(job_ids)
-    return len(found) == len(job_ids)
+def test_module_exports() -> None:
+    assert {"ProjectOrchestrator", "BatchProgress", "BatchLost", "DeadlineReached"} <= set(
+        orchestrator.__all__
+    )
