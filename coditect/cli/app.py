@@ -126,7 +126,7 @@ def _progress(enabled: bool) -> Iterator[Callable[[BatchProgress], None] | None]
 
 
 def _load_batch(file: str, settings: Settings) -> BatchSpec:
-    """Read a batch file and check it (ids, dependencies, agents) before anything touches Redis."""
+    """Read a batch file and check it (ids, dependencies, agents, scripts) before anything touches Redis."""
     from coditect.agents import AgentRegistry
     from coditect.client.batchfile import load_batch_file
     from coditect.client.orchestrator import check_batch
@@ -134,7 +134,7 @@ def _load_batch(file: str, settings: Settings) -> BatchSpec:
 
     spec = load_batch_file(Path(file))
     try:
-        check_batch(spec.tasks, AgentRegistry.from_settings(settings))
+        check_batch(spec.tasks, AgentRegistry.from_settings(settings), settings=settings)
     except TaskInputError as err:
         err.source = err.source or file
         raise

@@ -255,6 +255,26 @@ def test_run_bad_input_exits_2_with_one_line(
         assert f": {field}: " in line
 
 
+def test_run_refuses_a_script_agent_without_its_script_before_running_anything(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    agents = tmp_path / "agents.json"
+    agents.write_text(json.dumps({"agents": [{"name": "shouter", "mode": "script"}]}))
+    monkeypatch.setenv("CODITECT_AGENTS_FILE", str(agents))
+    monkeypatch.setenv("CODITECT_SCRIPTS_DIR", str(scripts))
+    path = write_batch(tmp_path, [{"id": "a", "title": "x"}, {"id": "b", "title": "y", "agent": "shouter"}])
+    assert main(["run", str(path), "--json"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    script = scripts.resolve() / "execute_shouter.py"
+    assert single_error_line(err) == (
+        f"coditect: error: {path}: tasks[1].agent: agent 'shouter' runs a legacy script: "
+        f"script not found: {script}"
+    )
+
+
 def test_run_missing_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     missing = tmp_path / "nope.json"
     assert main(["run", str(missing), "--json"]) == 2

@@ -8,11 +8,9 @@ from typing import Any
 
 import pytest
 
-from coditect.agents import AgentRegistry
 from coditect.client.batchfile import load_batch_file
-from coditect.client.orchestrator import check_batch
 from coditect.errors import TaskInputError
-from coditect.models import MAX_PROMPT_CHARS, AgentTask
+from coditect.models import MAX_PROMPT_CHARS
 
 
 def write_json(tmp_path: Path, data: Any, name: str = "batch.json") -> Path:
@@ -170,61 +168,3 @@ def test_error_in_a_toml_file_names_the_field(tmp_path: Path) -> None:
     path = tmp_path / "batch.toml"
     path.write_text('[[tasks]]\ntitle = "ok"\n\n[[tasks]]\ntitle = 12\n', encoding="utf-8")
     assert f"{path}: tasks[1].title: " in load_error(path)
-
-
-def tasks(*entries: dict[str, Any]) -> list[AgentTask]:
-    return [AgentTask.model_validate(entry) for entry in entries]
-
-
-def check_error(batch: list[AgentTask]) -> TaskInputError:
-    with pytest.raises(TaskInputError) as caught:
-        check_batch(batch, AgentRegistry())
-    return caught.value
-
-
-def test_check_batch_accepts_a_valid_graph() -> None:
-    check_batch(
-        tasks(
-            {"id": "a", "title": "a", "agent": "writer"},
-            {"id": "b", "title": "b", "agent": "reviewer", "depends_on": ["a"]},
-            {"id": "c", "title": "c", "depends_on": ["a", "b"]},
-        ),
-        AgentRegistry(),
-    )
-
-
-def test_check_batch_repeated_id() -> None:
-    err = check_error(tasks({"id": "a", "title": "x"}, {"id": "b", "title": "y"}, {"id": "a", "title": "z"}))
-    assert err.field == "tasks[2].id"
-    assert "'a' appears more than once" in str(err)
-
-
-def test_check_batch_unknown_dependency() -> None:
-    err = check_error(tasks({"id": "a", "title": "x"}, {"id": "b", "title": "y", "depends_on": ["nope"]}))
-    assert err.field == "tasks[1].depends_on"
-    assert "'nope'" in str(err)
-
-
-def test_check_batch_cycle() -> None:
-    err = check_error(
-        tasks(
-            {"id": "free", "title": "w"},
-            {"id": "a", "title": "x", "depends_on": ["c"]},
-            {"id": "b", "title": "y", "depends_on": ["a"]},
-            {"id": "c", "title": "z", "depends_on": ["b"]},
-        )
-    )
-    assert err.field == "depends_on"
-    assert "cycle among tasks a, b, c" in str(err)
-
-
-def test_check_batch_self_dependency_is_a_cycle() -> None:
-    err = check_error(tasks({"id": "a", "title": "x", "depends_on": ["a"]}))
-    assert "cycle" in str(err)
-
-
-def test_check_batch_unknown_agent() -> None:
-    err = check_error(tasks({"id": "a", "title": "x"}, {"id": "b", "title": "y", "agent": "poet"}))
-    assert err.field == "tasks[1].agent"
-    assert "unknown agent 'poet'" in str(err)
-    assert "writer" in str(err)
