@@ -233,6 +233,12 @@ BAD_FILES = [
         "depends_on",
         id="cycle",
     ),
+    pytest.param('{"name": "\\ud800", "tasks": [{"title": "a"}]}', "lone surrogate", "name", id="surrogate"),
+    pytest.param(
+        [{"id": "a", "title": "x", "timeout_s": "10"}], "valid number", "tasks[0].timeout_s", id="str-s"
+    ),
+    pytest.param('[{"title": "a", "metadata": {"x": NaN}}]', "NaN is not a JSON number", "", id="nan"),
+    pytest.param("[" * 100_000 + "]" * 100_000, "nested too deeply", "", id="deep"),
 ]
 
 
@@ -253,6 +259,16 @@ def test_run_bad_input_exits_2_with_one_line(
     assert f"coditect: error: {path}: " in line
     if field:
         assert f": {field}: " in line
+
+
+@pytest.mark.timeout(10)  # a FIFO used to block the command for ever
+def test_run_a_fifo_exits_2_at_once(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    fifo = tmp_path / "batch.json"
+    os.mkfifo(fifo)
+    assert main(["run", str(fifo)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert single_error_line(err) == f"coditect: error: {fifo}: not a regular file (a FIFO)"
 
 
 def test_run_refuses_a_script_agent_without_its_script_before_running_anything(
