@@ -128,7 +128,7 @@ def provider_error_for_status(
     provider: str, status_code: int, message: str, *, retry_after: str | None = None
 ) -> ProviderError:
     """Classify an HTTP error status into a transient or permanent provider error."""
-    hint = _STATUS_HINTS.get(status_code, "")
+    hint = _status_hint(provider, status_code)
     text = f"{message} ({hint})" if hint and hint not in message else message
     if status_code in TRANSIENT_STATUSES or status_code >= 500:
         return TransientProviderError(
@@ -137,9 +137,17 @@ def provider_error_for_status(
     return PermanentProviderError(provider, text, status_code=status_code)
 
 
+def _status_hint(provider: str, status_code: int) -> str:
+    if status_code == 401:
+        # Providers other than these two are agent endpoints (api mode): "agent <name> endpoint".
+        key = _KEY_SETTINGS.get(provider, "the agent endpoint's credentials")
+        return f"the API key was refused; check {key}"
+    return _STATUS_HINTS.get(status_code, "")
+
+
+_KEY_SETTINGS = {"anthropic": "ANTHROPIC_API_KEY", "openai": "CODITECT_OPENAI_API_KEY"}
 _STATUS_HINTS = {
     400: "the request was rejected; check the model name, max_tokens and prompt",
-    401: "the API key was refused; check ANTHROPIC_API_KEY or the provider's key",
     403: "the API key has no permission for this model or resource",
     404: "not found; check the base URL and model name",
     422: "the request was not understood; check the model parameters",

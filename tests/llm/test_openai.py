@@ -154,6 +154,9 @@ async def test_client_errors_are_permanent(
     assert err.status_code == status
     assert str(err).startswith(f"openai (HTTP {status}): the server's own explanation")
     assert hint in str(err)
+    assert "ANTHROPIC" not in str(err)  # an OpenAI-compatible server refused the OpenAI key
+    if status == 401:
+        assert "check CODITECT_OPENAI_API_KEY" in str(err)
     assert len(server.requests) == 1
     assert_key_hidden(err, KEY)
 
