@@ -6,6 +6,7 @@ The tree::
     ├── ConfigurationError          a setting, agent or provider that cannot work
     ├── TaskInputError              a batch file or task payload that is invalid (names file and field)
     ├── BackendUnavailableError     Redis cannot be reached (names the URL, never its password)
+    │   └── RedisOutageError        Redis stayed unreachable past the outage limit (60 s)
     ├── ScriptError                 a legacy agent script exited non-zero (carries its stderr)
     └── ProviderError               an LLM provider or agent endpoint call failed
         ├── TransientProviderError  worth retrying: 429, 529, 5xx, connection errors, timeouts
@@ -24,6 +25,7 @@ __all__ = [
     "ConfigurationError",
     "PermanentProviderError",
     "ProviderError",
+    "RedisOutageError",
     "ScriptError",
     "TaskInputError",
     "TransientProviderError",
@@ -58,6 +60,18 @@ class TaskInputError(CoditectError):
 
 class BackendUnavailableError(CoditectError):
     """Redis could not be reached."""
+
+
+class RedisOutageError(BackendUnavailableError):
+    """Redis was unreachable (refused, dropped or silent connections) for ``limit_s`` in a row.
+
+    Raised by the retry loops that ride out outages once they give up; the cause is the last error.
+    """
+
+    def __init__(self, limit_s: float, last_error: BaseException) -> None:
+        detail = str(last_error) or type(last_error).__name__
+        super().__init__(f"Redis did not answer for {limit_s:g} s (last error: {detail})")
+        self.limit_s = limit_s
 
 
 class ScriptError(CoditectError):

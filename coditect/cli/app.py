@@ -85,7 +85,8 @@ async def _orchestrator(
     """An open orchestrator; ``shared``: the command makes sense only with a Redis URL.
 
     A Redis error while the command runs becomes ``BackendUnavailableError`` naming the URL, and so
-    does a Redis that stops answering for ``answer_within_s`` (a connection gone silent).
+    do a Redis that stops answering for ``answer_within_s`` (a connection gone silent) and an
+    outage that the orchestrator rode out until it gave up (``RedisOutageError``).
     """
     if shared:
         _require_redis(settings, command)
@@ -93,16 +94,19 @@ async def _orchestrator(
 
     from coditect.client.orchestrator import ProjectOrchestrator
     from coditect.connections import redact_url
-    from coditect.errors import BackendUnavailableError
+    from coditect.errors import BackendUnavailableError, RedisOutageError
 
     where = "the embedded Redis" if settings.embedded else f"Redis at {redact_url(settings.redis_url)}"
     try:
         async with asyncio.timeout(answer_within_s), ProjectOrchestrator(settings) as orch:
             yield orch
+    except RedisOutageError as err:
+        raise BackendUnavailableError(f"{where} did not answer for {err.limit_s:g} s") from err
     except RedisError as err:
         raise BackendUnavailableError(f"lost the connection to {where}: {err}") from err
     except TimeoutError as err:
-        raise BackendUnavailableError(f"{where} did not answer within {answer_within_s:g} s") from err
+        within = f" within {answer_within_s:g} s" if answer_within_s is not None else " in time"
+        raise BackendUnavailableError(f"{where} did not answer{within}") from err
 
 
 @contextlib.contextmanager

@@ -27,6 +27,7 @@ from coditect.cli.demo import DEMO_TASKS
 from coditect.cli.render import excerpt, progress_line, results_table, status_counts, summary_line
 from coditect.client.orchestrator import BatchProgress
 from coditect.models import ExecutionResult, ExecutionStatus, TokenUsage
+from coditect.settings import Settings
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 HEAVY_MODULES = ("arq", "anthropic", "pydantic", "pydantic_settings", "redis", "fakeredis", "httpx")
@@ -747,3 +748,13 @@ def test_a_redis_that_never_answers_ends_a_one_shot_command_with_exit_2(
         err.strip() == f"coditect: error: Redis at redis://:***@127.0.0.1:{port} did not answer within 0.5 s"
     )
     assert elapsed < 5
+
+
+async def test_a_timeout_from_a_command_without_a_deadline_is_still_one_line(settings: Settings) -> None:
+    from coditect.cli.app import _orchestrator
+    from coditect.errors import BackendUnavailableError
+
+    # run and watch have no deadline of their own: this used to format None and crash with TypeError.
+    with pytest.raises(BackendUnavailableError, match=r"^the embedded Redis did not answer in time$"):
+        async with _orchestrator(settings, command="run", shared=False):
+            raise TimeoutError
