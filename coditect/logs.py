@@ -2,8 +2,9 @@
 
 Secrets are kept out of log records where they are made (keys live in ``SecretStr``, provider
 errors are redacted, ARQ's ``log_results`` is off); ``SecretsFilter`` is the defence in depth on
-every handler coditect sets up or finds: it masks Anthropic/OpenAI-style keys (``sk-ant-...``),
-bearer tokens, ``x-api-key``/``api_key`` values and passwords in Redis URLs.
+every handler coditect sets up or finds. It masks what looks like a secret (``sk-ant-...`` keys,
+bearer tokens, ``x-api-key``/``api_key`` values, passwords in URLs) and any run of 8 or more
+characters of the secrets this process uses (see ``coditect.secrets``).
 
 ``arq --custom-log-dict coditect.logs.LOG_CONFIG coditect.jobs.WorkerSettings`` uses ``LOG_CONFIG``;
 ``ensure_worker_logging`` (called by every worker on start-up) puts the filter on the handlers ARQ's
@@ -13,8 +14,9 @@ own log configuration made, and on any handler above them.
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
+
+from coditect.secrets import Redactor, redact_secrets, registered_redactor
 
 __all__ = [
     "FORMAT",
@@ -45,52 +47,36 @@ LOG_CONFIG: dict[str, Any] = {
     },
 }
 
-MASK = "***"
-_TOKEN = r"[^\s'\",;)}\]]+"
-_SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"\bsk-ant-[A-Za-z0-9_-]+"), "sk-ant-" + MASK),
-    (re.compile(r"\bsk-[A-Za-z0-9_-]{20,}"), "sk-" + MASK),
-    (re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"), r"\1" + MASK),
-    # A header or keyword argument: x-api-key: v, 'x-api-key': 'v', api_key=v, "api_key": "v".
-    (re.compile(rf"(?i)(\bx-api-key['\"]?\s*[:=]\s*['\"]?){_TOKEN}"), r"\1" + MASK),
-    (
-        re.compile(rf"(?i)(\bapi[_-]?key['\"]?\s*=\s*['\"]?|['\"]api[_-]?key['\"]\s*:\s*['\"]){_TOKEN}"),
-        r"\1" + MASK,
-    ),
-    # The password of redis://user:password@host, rediss:// and redis+sentinel://.
-    (re.compile(r"(?i)(\brediss?(?:\+sentinel)?://[^:/@\s]*:)\S+@"), r"\1" + MASK + "@"),
-)
 _TRACEBACKS = logging.Formatter()
 
 
-def redact_secrets(text: str) -> str:
-    """``text`` with every API key, bearer token and Redis URL password replaced by ``***``."""
-    for pattern, replacement in _SECRET_PATTERNS:
-        text = pattern.sub(replacement, text)
-    return text
-
-
 class SecretsFilter(logging.Filter):
-    """Masks secrets in a record's message, traceback and stack (see ``redact_secrets``).
+    """Masks secrets in a record's message, traceback and stack.
 
-    A handler filter sees every record the handler emits, propagated ones included (a logger's
-    own filters see only the records logged on that very logger).
+    ``redactor``: by default the process's registry (``coditect.secrets.registered_redactor``), as
+    it is when each record passes. A handler filter sees every record the handler emits, propagated
+    ones included (a logger's own filters see only the records logged on that very logger).
     """
 
+    def __init__(self, name: str = "", *, redactor: Redactor | None = None) -> None:
+        super().__init__(name)
+        self.redactor = redactor
+
     def filter(self, record: logging.LogRecord) -> bool:
+        redact = (self.redactor or registered_redactor()).redact
         try:
             message = record.getMessage()
         except Exception:  # arguments that do not fit the format: the handler reports that itself
             return True
-        masked = redact_secrets(message)
+        masked = redact(message)
         if masked != message:
             record.msg, record.args = masked, None
         if record.exc_info and not record.exc_text:
             record.exc_text = _TRACEBACKS.formatException(record.exc_info)
         if record.exc_text:
-            record.exc_text = redact_secrets(record.exc_text)
+            record.exc_text = redact(record.exc_text)
         if record.stack_info:
-            record.stack_info = redact_secrets(record.stack_info)
+            record.stack_info = redact(record.stack_info)
         return True
 
 

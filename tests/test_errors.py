@@ -116,7 +116,7 @@ def test_error_message_redacts_before_truncating() -> None:
     message = error_message(400, body, secret=secret)
 
     assert "sk-test-" not in message
-    assert message == "x" * 480 + "[redacted]"
+    assert message == "x" * 480 + "***"
 
 
 def test_provider_error_str_with_and_without_status() -> None:

@@ -16,6 +16,7 @@ from coditect.logs import (
     install_secrets_filter,
     redact_secrets,
 )
+from coditect.secrets import Redactor, register_secrets
 
 KEY = "sk-ant-api03-Zx9_secret-Key-0123456789"
 
@@ -38,6 +39,13 @@ KEY = "sk-ant-api03-Zx9_secret-Key-0123456789"
         pytest.param("at redis://:hunter2@h:6379/0", "at redis://:***@h:6379/0", id="redis-url"),
         pytest.param("rediss://user:p@ss@h:1/0", "rediss://user:***@h:1/0", id="rediss-at-in-password"),
         pytest.param("redis+sentinel://:pw@a:1,b:2/m", "redis+sentinel://:***@a:1,b:2/m", id="sentinel-url"),
+        pytest.param(
+            "at redis://h:1/0?password=hunter2", "at redis://h:1/0?password=***", id="query-password"
+        ),
+        pytest.param(
+            "redis://h/0?db=1&password=pw&x=1", "redis://h/0?db=1&password=***&x=1", id="amp-password"
+        ),
+        pytest.param("redis://h/0?password=***: refused", "redis://h/0?password=***: refused", id="masked"),
     ],
 )
 def test_secrets_are_masked(text: str, expected: str) -> None:
@@ -176,3 +184,22 @@ def test_log_config_for_arqs_custom_log_dict_masks_secrets(capsys: pytest.Captur
     assert "refused sk-ant-***" in err
     assert "hunter2" not in err
     assert KEY not in err
+
+
+def test_the_filter_masks_any_run_of_a_registered_secret(
+    isolated: tuple[logging.Logger, logging.Handler, io.StringIO],
+) -> None:
+    logger, handler, stream = isolated
+    handler.addFilter(SecretsFilter())
+    key = "partial-secret-" + "k7Q" * 20
+    logger.warning("provider said: bad key %s...%s", key[:40], key[-50:])
+    assert key[:40] in stream.getvalue()  # not registered yet: nothing knows it is a secret
+    register_secrets([key])
+    logger.warning("provider said: bad key %s...%s", key[:40], key[-50:])
+    assert stream.getvalue().splitlines()[-1] == "provider said: bad key ***...***"
+
+
+def test_a_filter_can_be_given_its_own_redactor() -> None:
+    record = logging.LogRecord("x", logging.WARNING, __file__, 1, "pw %s", ("own-secret-1234",), None)
+    assert SecretsFilter(redactor=Redactor(["own-secret-1234"])).filter(record)
+    assert record.getMessage() == "pw ***"

@@ -56,6 +56,7 @@ def _load_settings(args: argparse.Namespace, **overrides: Any) -> Settings:
     from pydantic import ValidationError
 
     from coditect.errors import ConfigurationError
+    from coditect.secrets import register_secrets, settings_secrets
     from coditect.settings import Settings
 
     try:
@@ -67,7 +68,9 @@ def _load_settings(args: argparse.Namespace, **overrides: Any) -> Settings:
     redis_url = getattr(args, "redis_url", None)
     if redis_url is not None:
         overrides.setdefault("redis_url", redis_url)
-    return settings.model_copy(update=overrides) if overrides else settings
+    settings = settings.model_copy(update=overrides) if overrides else settings
+    register_secrets(settings_secrets(settings))  # masked in log lines and in the error line
+    return settings
 
 
 def _require_redis(settings: Settings, command: str) -> None:
@@ -435,7 +438,9 @@ def _logging(command: str) -> Iterator[None]:
 
 
 def _fail(message: str) -> None:
-    print(f"coditect: error: {message}", file=sys.stderr)
+    from coditect.secrets import registered_redactor
+
+    print(f"coditect: error: {registered_redactor().redact(message)}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

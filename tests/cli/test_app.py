@@ -372,6 +372,41 @@ def test_redis_url_that_is_not_redis_exits_2(
     assert "secret" not in line
 
 
+@pytest.mark.parametrize(
+    ("command", "url", "expected"),
+    [
+        pytest.param(
+            "status",
+            "redis://127.0.0.1:1/0?password=hunter2hunter2",
+            "cannot reach Redis at redis://127.0.0.1:1/0?password=***: ",
+            id="query",
+        ),
+        pytest.param(
+            "results",
+            "redis://127.0.0.1:1/0?db=0&password=hunter2hunter2",
+            "cannot reach Redis at redis://127.0.0.1:1/0?db=0&password=***: ",
+            id="second-parameter",
+        ),
+        pytest.param(
+            "status",
+            "redis+sentinel://127.0.0.1:1/m?password=hunter2hunter2",
+            "query parameters and fragments are not supported with redis+sentinel://: "
+            "redis+sentinel://127.0.0.1:1/m?password=***",
+            id="sentinel",
+        ),
+    ],
+)
+def test_a_password_given_as_a_query_parameter_is_masked_in_the_error_line(
+    capsys: pytest.CaptureFixture[str], command: str, url: str, expected: str
+) -> None:
+    assert main([command, "b-1", "--redis-url", url]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    line = single_error_line(err)
+    assert expected in line
+    assert "hunter2" not in line
+
+
 def test_run_against_unreachable_redis_exits_2_quickly(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

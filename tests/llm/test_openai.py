@@ -192,7 +192,7 @@ async def test_long_non_json_error_body_is_truncated(llm: OpenAiLlm, server: Fak
 async def test_a_key_echoed_by_the_server_is_redacted(llm: OpenAiLlm, server: FakeProvider) -> None:
     server.plan(status=401, message=f"Incorrect API key provided: {KEY}")
 
-    with pytest.raises(PermanentProviderError, match=r"provided: \[redacted\]") as caught:
+    with pytest.raises(PermanentProviderError, match=r"provided: \*\*\*") as caught:
         await llm.generate_content_async(HELLO)
 
     assert_key_hidden(caught.value, KEY)
