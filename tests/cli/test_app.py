@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import queue
 import re
@@ -793,3 +794,29 @@ async def test_a_timeout_from_a_command_without_a_deadline_is_still_one_line(set
     with pytest.raises(BackendUnavailableError, match=r"^the embedded Redis did not answer in time$"):
         async with _orchestrator(settings, command="run", shared=False):
             raise TimeoutError
+
+
+@pytest.mark.parametrize("log_format", ["json", "text", "invalid"])
+def test_the_commands_log_lines_follow_coditect_log_format(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, log_format: str
+) -> None:
+    from coditect.cli.app import _logging
+
+    monkeypatch.setenv("CODITECT_LOG_FORMAT", log_format)
+    with _logging("run"):
+        logging.getLogger("coditect.backoff").warning("Redis unreachable at %s", "redis://:hunter2@h:1/0")
+    err = capsys.readouterr().err
+    if log_format == "json":
+        line = json.loads(err)
+        assert (line["level"], line["logger"]) == ("WARNING", "coditect.backoff")
+        assert line["message"] == "Redis unreachable at redis://:***@h:1/0"
+    else:  # an invalid format is the command's to report; its log lines stay text meanwhile
+        assert err == "coditect: WARNING: coditect.backoff: Redis unreachable at redis://:***@h:1/0\n"
+
+
+def test_an_invalid_log_format_is_refused_in_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("CODITECT_LOG_FORMAT", "xml")
+    assert main(["run", str(write_batch(tmp_path, SIMPLE_BATCH))]) == 2
+    assert "CODITECT_LOG_FORMAT" in single_error_line(capsys.readouterr().err)
