@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import logging.config
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -311,6 +312,18 @@ def test_text_lines_show_batch_and_task_inside_a_job(
     assert stream.getvalue().splitlines() == ["WARNING [b1/t1] inside", "WARNING [-/arq-job-1] no batch",
                                               "WARNING outside"]  # fmt: skip
     assert unfiltered == "[b1/t1] unfiltered"
+
+
+def test_a_json_line_formats_the_traceback_and_the_stack_itself_when_no_filter_did() -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", None, sys.exc_info())
+    record.stack_info = "Stack (most recent call last):\n  here"
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["exception"].endswith("ValueError: boom")
+    assert entry["stack"] == "Stack (most recent call last):\n  here"
+    assert "task_id" not in entry
 
 
 @pytest.mark.usefixtures("saved_logging")

@@ -124,6 +124,7 @@ def test_settings_secrets_are_the_keys_and_the_redis_passwords() -> None:
         redis_url="redis://h/0?password=query-pass",
     )
     assert set(settings_secrets(settings)) == {KEY, OTHER, "query-pass"}
+    assert Redactor.from_settings(settings).redact_known(f"{KEY[:20]} {OTHER[-9:]}") == "*** ***"
     assert settings_secrets(Settings(_env_file=None)) == []  # type: ignore[call-arg]
 
 
