@@ -12,7 +12,16 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["REDIS_BACKOFF_S", "REDIS_DOWN", "Outage", "outlasting_outages", "redis_backoff_s"]
+from coditect.errors import RedisOutageError
+
+__all__ = [
+    "REDIS_BACKOFF_S",
+    "REDIS_DOWN",
+    "REDIS_OUTAGE_LIMIT_S",
+    "Outage",
+    "outlasting_outages",
+    "redis_backoff_s",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -32,18 +41,22 @@ def redis_backoff_s(failures: int) -> float:
 
 
 class Outage:
-    """Backoff while Redis is unreachable; gives up (re-raises) once it was down ``limit_s`` in a row."""
+    """Backoff while Redis is unreachable; gives up once it was down ``limit_s`` in a row.
 
-    def __init__(self, limit_s: float = REDIS_OUTAGE_LIMIT_S) -> None:
-        self.limit_s = limit_s
+    ``limit_s`` defaults to ``REDIS_OUTAGE_LIMIT_S`` as it is when the outage is created.
+    """
+
+    def __init__(self, limit_s: float | None = None) -> None:
+        self.limit_s = REDIS_OUTAGE_LIMIT_S if limit_s is None else limit_s
         self.failures = 0
         self.since: float | None = None
 
     async def backoff(self, err: Exception) -> None:
+        """Sleep before the next try; ``RedisOutageError`` (caused by ``err``) once past the limit."""
         now = time.monotonic()
         self.since = now if self.since is None else self.since
         if now - self.since >= self.limit_s:
-            raise err
+            raise RedisOutageError(self.limit_s, err) from err
         delay = redis_backoff_s(self.failures)
         self.failures += 1
         logger.warning("Redis unreachable (%s); trying again in %.2f s", str(err) or repr(err), delay)

@@ -42,6 +42,7 @@ from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import AuthenticationError, AuthorizationError, RedisError
 
 from coditect.errors import BackendUnavailableError, ConfigurationError
+from coditect.secrets import MASK, QUERY_PASSWORD
 from coditect.serialization import job_deserializer, job_serializer
 from coditect.settings import Settings
 
@@ -64,16 +65,18 @@ CONNECT_TIMEOUT_S = 5
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***``: safe for messages and logs.
+    """The URL with any password (``user:password@``, ``?password=``, ``&password=``) replaced by
+    ``***``: safe for messages and logs.
 
     Never raises, and needs no valid URL: an unencoded ``/`` or ``@`` in a password is masked too.
     """
+    url = QUERY_PASSWORD.sub(r"\1" + MASK, url)
     scheme, sep, rest = url.partition("://")
     userinfo, at, hosts = rest.rpartition("@")
     if not sep or not at or ":" not in userinfo:
         return url
     user = userinfo.partition(":")[0]
-    return f"{scheme}://{user}:***@{hosts}"
+    return f"{scheme}://{user}:{MASK}@{hosts}"
 
 
 def redis_settings_from(settings: Settings, *, conn_retries: int = 5) -> RedisSettings:

@@ -6,6 +6,7 @@ The tree::
     ├── ConfigurationError          a setting, agent or provider that cannot work
     ├── TaskInputError              a batch file or task payload that is invalid (names file and field)
     ├── BackendUnavailableError     Redis cannot be reached (names the URL, never its password)
+    │   └── RedisOutageError        Redis stayed unreachable past the outage limit (60 s)
     ├── ScriptError                 a legacy agent script exited non-zero (carries its stderr)
     ├── CapacityDeferred            no provider capacity for a while: the task goes back to the queue
     └── ProviderError               an LLM provider or agent endpoint call failed
@@ -26,6 +27,7 @@ __all__ = [
     "ConfigurationError",
     "PermanentProviderError",
     "ProviderError",
+    "RedisOutageError",
     "ScriptError",
     "TaskInputError",
     "TransientProviderError",
@@ -60,6 +62,18 @@ class TaskInputError(CoditectError):
 
 class BackendUnavailableError(CoditectError):
     """Redis could not be reached."""
+
+
+class RedisOutageError(BackendUnavailableError):
+    """Redis was unreachable (refused, dropped or silent connections) for ``limit_s`` in a row.
+
+    Raised by the retry loops that ride out outages once they give up; the cause is the last error.
+    """
+
+    def __init__(self, limit_s: float, last_error: BaseException) -> None:
+        detail = str(last_error) or type(last_error).__name__
+        super().__init__(f"Redis did not answer for {limit_s:g} s (last error: {detail})")
+        self.limit_s = limit_s
 
 
 class ScriptError(CoditectError):
@@ -139,7 +153,7 @@ def provider_error_for_status(
     provider: str, status_code: int, message: str, *, retry_after: str | None = None
 ) -> ProviderError:
     """Classify an HTTP error status into a transient or permanent provider error."""
-    hint = _STATUS_HINTS.get(status_code, "")
+    hint = _status_hint(provider, status_code)
     text = f"{message} ({hint})" if hint and hint not in message else message
     if status_code in TRANSIENT_STATUSES or status_code >= 500:
         return TransientProviderError(
@@ -148,9 +162,17 @@ def provider_error_for_status(
     return PermanentProviderError(provider, text, status_code=status_code)
 
 
+def _status_hint(provider: str, status_code: int) -> str:
+    if status_code == 401:
+        # Providers other than these two are agent endpoints (api mode): "agent <name> endpoint".
+        key = _KEY_SETTINGS.get(provider, "the agent endpoint's credentials")
+        return f"the API key was refused; check {key}"
+    return _STATUS_HINTS.get(status_code, "")
+
+
+_KEY_SETTINGS = {"anthropic": "ANTHROPIC_API_KEY", "openai": "CODITECT_OPENAI_API_KEY"}
 _STATUS_HINTS = {
     400: "the request was rejected; check the model name, max_tokens and prompt",
-    401: "the API key was refused; check ANTHROPIC_API_KEY or the provider's key",
     403: "the API key has no permission for this model or resource",
     404: "not found; check the base URL and model name",
     422: "the request was not understood; check the model parameters",

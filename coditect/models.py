@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, Strict, model_validator
 
 __all__ = [
     "AgentConfig",
@@ -95,7 +95,8 @@ class AgentTask(BaseModel):
     description: str = Field(default="", max_length=MAX_PROMPT_CHARS)
     agent: AgentName = "default"
     depends_on: list[TaskId] = Field(default_factory=list, max_length=1000)
-    timeout_s: float | None = Field(default=None, gt=0, le=86_400)
+    # Strict: a number in the JSON, not "10" or true (which lax mode would turn into 10.0 and 1.0).
+    timeout_s: Annotated[float, Strict()] | None = Field(default=None, gt=0, le=86_400)
     metadata: dict[str, str | int | float | bool | None] = Field(default_factory=dict, max_length=100)
 
     @property

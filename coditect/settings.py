@@ -69,6 +69,11 @@ class Settings(BaseSettings):
     agents_file: Path | None = Field(default=None, description="JSON or TOML file defining agents.")
     worker_name: str = Field(default="", description="Empty: host:pid.")
 
+    # Logging
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="json: one JSON object per log line, with the job's fields."
+    )
+
     @property
     def provider(self) -> ProviderChoice:
         """The provider used when an agent names none."""

@@ -1,5 +1,5 @@
-"""Shared fixtures: a clean environment for every test (a developer's CODITECT_* never leaks in), and
-the in-process Redis that unit tests run on."""
+"""Shared fixtures: a clean environment for every test (a developer's CODITECT_* never leaks in), no
+secrets registered by an earlier test, and the in-process Redis that unit tests run on."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from unittest import mock
 import pytest
 from arq.connections import ArqRedis
 
+import coditect.secrets
 from coditect.settings import Settings
 from tests.support.fake_backend import FakeBackend
 
@@ -25,6 +26,12 @@ def clean_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
             yield
         finally:
             os.chdir(cwd)
+
+
+@pytest.fixture(autouse=True)
+def fresh_secret_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with no registered secrets: one test's keys must not mask another's text."""
+    monkeypatch.setattr(coditect.secrets, "_REGISTRY", coditect.secrets._Registry())
 
 
 @pytest.fixture

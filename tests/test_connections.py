@@ -27,6 +27,18 @@ SECRET = "s3cr3t-p4ss"
         (f"redis://admin:{SECRET}@cache.internal:6379?db=3", "redis://admin:***@cache.internal:6379?db=3"),
         ("redis://cache.internal:6379/0", "redis://cache.internal:6379/0"),
         ("redis://admin@cache.internal", "redis://admin@cache.internal"),
+        (f"redis://cache.internal:6379/0?password={SECRET}", "redis://cache.internal:6379/0?password=***"),
+        (
+            f"redis://cache.internal/0?db=1&password={SECRET}&x=1",
+            "redis://cache.internal/0?db=1&password=***&x=1",
+        ),
+        (f"redis://cache.internal/0?PASSWORD={SECRET}", "redis://cache.internal/0?PASSWORD=***"),
+        (f"redis://cache.internal/0?password={SECRET}@x", "redis://cache.internal/0?password=***"),
+        (
+            f"redis://u:{SECRET}@cache.internal/0?password={SECRET}",
+            "redis://u:***@cache.internal/0?password=***",
+        ),
+        (f"redis+sentinel://s1,s2/master?password={SECRET}", "redis+sentinel://s1,s2/master?password=***"),
     ],
 )
 def test_redact_url_hides_the_password(url: str, redacted: str) -> None:

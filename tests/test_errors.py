@@ -116,7 +116,7 @@ def test_error_message_redacts_before_truncating() -> None:
     message = error_message(400, body, secret=secret)
 
     assert "sk-test-" not in message
-    assert message == "x" * 480 + "[redacted]"
+    assert message == "x" * 480 + "***"
 
 
 def test_provider_error_str_with_and_without_status() -> None:
@@ -130,11 +130,24 @@ def test_status_hint_is_added_once() -> None:
     no_hint = provider_error_for_status("anthropic", 502, "bad gateway")
 
     assert str(added) == (
-        "anthropic (HTTP 401): invalid x-api-key "
-        "(the API key was refused; check ANTHROPIC_API_KEY or the provider's key)"
+        "anthropic (HTTP 401): invalid x-api-key (the API key was refused; check ANTHROPIC_API_KEY)"
     )
     assert str(already_there) == "anthropic (HTTP 529): busy (provider overloaded)"
     assert str(no_hint) == "anthropic (HTTP 502): bad gateway"
+
+
+@pytest.mark.parametrize(
+    ("provider", "key"),
+    [
+        ("anthropic", "ANTHROPIC_API_KEY"),
+        ("openai", "CODITECT_OPENAI_API_KEY"),
+        ("agent reviewer-service endpoint", "the agent endpoint's credentials"),
+    ],
+)
+def test_a_refused_key_names_the_key_of_the_provider_that_refused_it(provider: str, key: str) -> None:
+    err = provider_error_for_status(provider, 401, "unauthorized")
+
+    assert str(err) == f"{provider} (HTTP 401): unauthorized (the API key was refused; check {key})"
 
 
 def test_transient_error_str_and_fields() -> None:

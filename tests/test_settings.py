@@ -34,6 +34,7 @@ def test_defaults(settings: Settings) -> None:
     assert settings.anthropic_api_key is None
     assert settings.openai_api_key is None
     assert settings.agents_file is None
+    assert settings.log_format == "text"
 
 
 ENV_CASES: list[tuple[str, str, str, Any]] = [
@@ -62,6 +63,7 @@ ENV_CASES: list[tuple[str, str, str, Any]] = [
     ("CODITECT_WORKER_NAME", "w1", "worker_name", "w1"),
     ("CODITECT_REDIS_TLS_CA_FILE", "/etc/ca.pem", "redis_tls_ca_file", Path("/etc/ca.pem")),
     ("CODITECT_HEALTH_CHECK_INTERVAL_S", "30", "health_check_interval_s", 30),
+    ("CODITECT_LOG_FORMAT", "json", "log_format", "json"),
 ]
 # Read from their own variable names; tested separately below.
 SECRET_FIELDS = {"anthropic_api_key", "openai_api_key"}
@@ -212,6 +214,7 @@ def test_an_empty_anthropic_key_counts_as_no_key(monkeypatch: pytest.MonkeyPatch
         ("CODITECT_MAX_TRIES", "0", "max_tries"),
         ("CODITECT_USE_DIRECT_LLM", "perhaps", "use_direct_llm"),
         ("CODITECT_QUEUE_NAME", "", "queue_name"),
+        ("CODITECT_LOG_FORMAT", "xml", "log_format"),
     ],
 )
 def test_invalid_value_raises_naming_the_field(

@@ -149,13 +149,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _log_format() -> str:
+    """``CODITECT_LOG_FORMAT`` (from the environment or ``.env``); ``text`` when the settings are
+    invalid, which the command itself then reports."""
+    from pydantic import ValidationError
+
+    from coditect.settings import Settings
+
+    try:
+        return Settings().log_format
+    except ValidationError:
+        return "text"
+
+
 @contextlib.contextmanager
 def _logging(command: str) -> Iterator[None]:
     """Log to stderr while one command runs: a worker's INFO lines, otherwise warnings only.
 
-    Other libraries stay at WARNING (httpx would log every provider request at INFO).
+    Other libraries stay at WARNING (httpx would log every provider request at INFO). Lines are
+    text, or JSON objects with ``CODITECT_LOG_FORMAT=json``; secrets are masked in both.
     """
-    from coditect.logs import FORMAT, SecretsFilter
+    from coditect.logs import (
+        DATE_FORMAT,
+        FORMAT,
+        JobContextFilter,
+        JsonFormatter,
+        SecretsFilter,
+        TextFormatter,
+    )
 
     root, arq_logger, own_logger = (
         logging.getLogger(),
@@ -165,15 +186,18 @@ def _logging(command: str) -> Iterator[None]:
     saved = [(each, each.level) for each in (root, arq_logger, own_logger)]
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(SecretsFilter())
+    handler.addFilter(JobContextFilter())
     root.setLevel(logging.WARNING)
     if command == "worker":
-        handler.setFormatter(logging.Formatter(FORMAT, "%H:%M:%S"))
+        handler.setFormatter(TextFormatter(FORMAT, DATE_FORMAT))
         arq_logger.setLevel(logging.INFO)
         own_logger.setLevel(logging.INFO)
     else:
-        handler.setFormatter(logging.Formatter("coditect: %(levelname)s: %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter("coditect: %(levelname)s: %(name)s: %(message)s"))
         # ARQ warns on each connection retry; the command reports the outcome itself, in one line.
         arq_logger.setLevel(logging.ERROR)
+    if _log_format() == "json":
+        handler.setFormatter(JsonFormatter())
     root.addHandler(handler)
     try:
         yield
@@ -184,7 +208,9 @@ def _logging(command: str) -> Iterator[None]:
 
 
 def _fail(message: str) -> None:
-    print(f"coditect: error: {message}", file=sys.stderr)
+    from coditect.secrets import registered_redactor
+
+    print(f"coditect: error: {registered_redactor().redact(message)}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

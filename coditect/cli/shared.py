@@ -57,6 +57,7 @@ def load_settings(args: argparse.Namespace, **overrides: Any) -> Settings:
     from pydantic import ValidationError
 
     from coditect.errors import ConfigurationError
+    from coditect.secrets import register_secrets, settings_secrets
     from coditect.settings import Settings
 
     try:
@@ -68,7 +69,9 @@ def load_settings(args: argparse.Namespace, **overrides: Any) -> Settings:
     redis_url = getattr(args, "redis_url", None)
     if redis_url is not None:
         overrides.setdefault("redis_url", redis_url)
-    return settings.model_copy(update=overrides) if overrides else settings
+    settings = settings.model_copy(update=overrides) if overrides else settings
+    register_secrets(settings_secrets(settings))  # masked in log lines and in the error line
+    return settings
 
 
 def require_redis(settings: Settings, command: str) -> None:
@@ -93,23 +96,21 @@ async def open_orchestrator(
         require_redis(settings, command)
     from redis.exceptions import RedisError
 
-    from coditect.backoff import REDIS_OUTAGE_LIMIT_S
     from coditect.client.orchestrator import ProjectOrchestrator
     from coditect.connections import redact_url
-    from coditect.errors import BackendUnavailableError
+    from coditect.errors import BackendUnavailableError, RedisOutageError
 
     where = "the embedded Redis" if settings.embedded else f"Redis at {redact_url(settings.redis_url)}"
     try:
         async with asyncio.timeout(answer_within_s), ProjectOrchestrator(settings) as orch:
             yield orch
-    except (RedisError, OSError) as err:
-        if isinstance(err, TimeoutError) and answer_within_s is not None:
-            raise BackendUnavailableError(f"{where} did not answer within {answer_within_s:g} s") from err
-        detail = " ".join(str(err).split()) or type(err).__name__
-        raise BackendUnavailableError(
-            f"lost the connection to {where} "
-            f"(unreachable for {REDIS_OUTAGE_LIMIT_S:g} s, or refused): {detail}"
-        ) from err
+    except RedisOutageError as err:
+        raise BackendUnavailableError(f"{where} did not answer for {err.limit_s:g} s") from err
+    except RedisError as err:
+        raise BackendUnavailableError(f"lost the connection to {where}: {err}") from err
+    except TimeoutError as err:
+        within = f" within {answer_within_s:g} s" if answer_within_s is not None else " in time"
+        raise BackendUnavailableError(f"{where} did not answer{within}") from err
 
 
 @contextlib.contextmanager
@@ -133,7 +134,7 @@ def progress(enabled: bool) -> Iterator[Callable[[BatchProgress], None] | None]:
 
 
 def load_batch(file: str, settings: Settings) -> BatchSpec:
-    """Read a batch file and check it (ids, dependencies, agents) before anything touches Redis."""
+    """Read a batch file and check it (ids, dependencies, agents, scripts) before anything touches Redis."""
     from coditect.agents import AgentRegistry
     from coditect.client.batchfile import load_batch_file
     from coditect.client.graph import check_batch
@@ -141,7 +142,7 @@ def load_batch(file: str, settings: Settings) -> BatchSpec:
 
     spec = load_batch_file(Path(file))
     try:
-        check_batch(spec.tasks, AgentRegistry.from_settings(settings))
+        check_batch(spec.tasks, AgentRegistry.from_settings(settings), settings=settings)
     except TaskInputError as err:
         err.source = err.source or file
         raise

@@ -1,78 +1,128 @@
-"""Checks on a batch as a whole: unique ids, known agents, and dependencies that form no cycle."""
+"""Checks on a batch as a whole: unique ids, known agents, dependencies that form no cycle, and the
+legacy scripts its agents need. Linear in the number of tasks and dependencies (Kahn's algorithm)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Mapping, Sequence
 
 from coditect.agents import AgentRegistry
-from coditect.errors import TaskInputError
-from coditect.models import AgentTask
+from coditect.errors import ConfigurationError, TaskInputError
+from coditect.execution.legacy_scripts import ScriptRunner
+from coditect.models import AgentConfig, AgentTask
+from coditect.settings import Settings
 
 __all__ = ["check_batch", "dependency_order", "dependency_waves"]
 
+# A cycle of thousands of tasks is named by its first few, in input order.
+MAX_CYCLE_IDS_SHOWN = 10
 
-def check_batch(tasks: Sequence[AgentTask], agents: AgentRegistry) -> None:
-    """Refuse a batch with repeated ids, unknown dependencies, cycles or unknown agents."""
-    seen: set[str] = set()
+
+def check_batch(
+    tasks: Sequence[AgentTask], agents: AgentRegistry, *, settings: Settings | None = None
+) -> list[list[AgentTask]]:
+    """Refuse a batch with repeated ids, unknown agents or dependencies, or cycles; return its waves.
+
+    With ``settings``, also refuse a task whose agent runs a legacy script (script mode, or llm mode
+    when ``use_direct_llm`` is false) that is missing from ``settings.scripts_dir``.
+    """
+    index_of: dict[str, int] = {}
     for index, task in enumerate(tasks):
         where = f"tasks[{index}]"
-        if task.id in seen:
+        if task.id in index_of:
             raise TaskInputError(f"task id {task.id!r} appears more than once", field=f"{where}.id")
-        seen.add(task.id)
+        index_of[task.id] = index
         if task.agent not in agents:
             known = ", ".join(agents.names)
             raise TaskInputError(
                 f"unknown agent {task.agent!r}; known agents: {known}", field=f"{where}.agent"
             )
-    ids = {task.id for task in tasks}
-    for index, task in enumerate(tasks):
-        for dep in task.depends_on:
-            if dep not in ids:
-                raise TaskInputError(
-                    f"depends on unknown task id {dep!r}", field=f"tasks[{index}].depends_on"
-                )
-    dependency_order(tasks)
-
-
-def dependency_order(tasks: Sequence[AgentTask]) -> list[AgentTask]:
-    """The tasks with every task after its dependencies, input order kept where the graph allows
-    (Kahn's algorithm, linear). Dependencies must be ids in ``tasks``; a cycle is refused."""
-    from collections import deque
-
-    by_id = {task.id: task for task in tasks}
-    unmet = {task.id: len(set(task.depends_on)) for task in tasks}
-    dependants: dict[str, list[str]] = {}
-    for task in tasks:
-        for dep in set(task.depends_on):
-            dependants.setdefault(dep, []).append(task.id)
-    ready = deque(task.id for task in tasks if not unmet[task.id])
-    ordered: list[AgentTask] = []
-    while ready:
-        task_id = ready.popleft()
-        ordered.append(by_id[task_id])
-        for dependant in dependants.get(task_id, ()):
-            unmet[dependant] -= 1
-            if not unmet[dependant]:
-                ready.append(dependant)
-    if len(ordered) < len(tasks):
-        cycle = ", ".join(task.id for task in tasks if unmet[task.id])
-        raise TaskInputError(f"dependency cycle among tasks {cycle}", field="depends_on")
-    return ordered
+    waves = _waves(tasks, index_of)
+    if settings is not None:
+        _check_scripts(tasks, agents, settings)
+    return waves
 
 
 def dependency_waves(tasks: Sequence[AgentTask]) -> list[list[AgentTask]]:
     """Group tasks into waves: each task after every task it depends on. Input order within a wave."""
-    level: dict[str, int] = {}
-    remaining = list(tasks)
-    while remaining:
-        progressed = [t for t in remaining if all(dep in level for dep in t.depends_on)]
-        if not progressed:
-            cycle = ", ".join(t.id for t in remaining)
-            raise TaskInputError(f"dependency cycle among tasks {cycle}", field="depends_on")
-        for task in progressed:
-            level[task.id] = 1 + max((level[dep] for dep in task.depends_on), default=-1)
-        remaining = [t for t in remaining if t.id not in level]
-    waves: list[list[AgentTask]] = [[] for _ in range(max(level.values(), default=-1) + 1)]
-    for task in tasks:
-        waves[level[task.id]].append(task)
+    return _waves(tasks, {task.id: index for index, task in enumerate(tasks)})
+
+
+def dependency_order(waves: Sequence[Sequence[AgentTask]]) -> list[AgentTask]:
+    """The tasks of ``waves`` with every task after its dependencies (the order a batch is sent in)."""
+    return [task for wave in waves for task in wave]
+
+
+def _waves(tasks: Sequence[AgentTask], index_of: Mapping[str, int]) -> list[list[AgentTask]]:
+    """Kahn's algorithm: a task's wave is one past the latest wave of its dependencies."""
+    unmet = [0] * len(tasks)
+    dependants: list[list[int]] = [[] for _ in tasks]
+    for index, task in enumerate(tasks):
+        deps = set(task.depends_on)
+        unmet[index] = len(deps)
+        for dep in deps:
+            if dep not in index_of:
+                raise TaskInputError(
+                    f"depends on unknown task id {dep!r}", field=f"tasks[{index}].depends_on"
+                )
+            dependants[index_of[dep]].append(index)
+    level = [0] * len(tasks)
+    ready = deque(index for index, count in enumerate(unmet) if count == 0)
+    placed = 0
+    while ready:
+        index = ready.popleft()
+        placed += 1
+        for dependant in dependants[index]:
+            level[dependant] = max(level[dependant], level[index] + 1)
+            unmet[dependant] -= 1
+            if unmet[dependant] == 0:
+                ready.append(dependant)
+    if placed < len(tasks):
+        raise _cycle_error(tasks, index_of, unmet)
+    waves: list[list[AgentTask]] = [[] for _ in range(max(level, default=-1) + 1)]
+    for index, task in enumerate(tasks):
+        waves[level[index]].append(task)
     return waves
+
+
+def _cycle_error(tasks: Sequence[AgentTask], index_of: Mapping[str, int], unmet: list[int]) -> TaskInputError:
+    """Name one cycle: from a task left unplaced, follow unplaced dependencies until one repeats."""
+    # Every unplaced task waits on at least one unplaced dependency, so the walk never stops short.
+    current = next(index for index, count in enumerate(unmet) if count)
+    seen: dict[int, int] = {}
+    path: list[int] = []
+    while current not in seen:
+        seen[current] = len(path)
+        path.append(current)
+        current = next(index_of[dep] for dep in tasks[current].depends_on if unmet[index_of[dep]])
+    cycle = sorted(path[seen[current] :])
+    shown = ", ".join(tasks[index].id for index in cycle[:MAX_CYCLE_IDS_SHOWN])
+    more = len(cycle) - MAX_CYCLE_IDS_SHOWN
+    return TaskInputError(
+        f"dependency cycle among tasks {shown}" + (f" and {more} more" if more > 0 else ""),
+        field="depends_on",
+    )
+
+
+def _check_scripts(tasks: Sequence[AgentTask], agents: AgentRegistry, settings: Settings) -> None:
+    runner = ScriptRunner(settings.scripts_dir)
+    problems: dict[str, str | None] = {}
+    for index, task in enumerate(tasks):
+        if task.agent not in problems:
+            problems[task.agent] = _script_problem(agents.get(task.agent), runner, settings)
+        problem = problems[task.agent]
+        if problem is not None:
+            raise TaskInputError(problem, field=f"tasks[{index}].agent")
+
+
+def _script_problem(config: AgentConfig, runner: ScriptRunner, settings: Settings) -> str | None:
+    """Why the agent's legacy script cannot run (missing, or outside the scripts folder); None if it can."""
+    by_setting = config.mode == "llm" and not settings.use_direct_llm
+    if config.mode != "script" and not by_setting:
+        return None
+    try:
+        runner.resolve(config.name, config.script)
+    except ConfigurationError as err:
+        why = " (CODITECT_USE_DIRECT_LLM is false)" if by_setting else ""
+        return f"agent {config.name!r} runs a legacy script{why}: {err}"
+    return None

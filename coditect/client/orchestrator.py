@@ -20,7 +20,7 @@ from coditect.agents import AgentRegistry
 from coditect.backoff import outlasting_outages
 from coditect.client.batches import BatchStore, BatchSummary, Submitted
 from coditect.client.events import Event, follow_events, read_events
-from coditect.client.graph import check_batch, dependency_order
+from coditect.client.graph import check_batch, dependency_order, dependency_waves
 from coditect.client.progress import BatchProgress, ProgressCallback
 from coditect.client.waiter import BatchLost, BatchWaiter, DeadlineReached
 from coditect.connections import create_redis_pool
@@ -167,8 +167,7 @@ class ProjectOrchestrator:
         return (await self._submit(tasks, batch_id, name)).batch_id
 
     async def _submit(self, tasks: Sequence[AgentTask], batch_id: str | None, name: str) -> Submitted:
-        check_batch(tasks, self.agents)
-        ordered = dependency_order(tasks)
+        ordered = dependency_order(check_batch(tasks, self.agents, settings=self.settings))
         batch_id = batch_id or new_batch_id()
         if not BATCH_ID_PATTERN.match(batch_id):
             raise TaskInputError(
@@ -254,7 +253,7 @@ class ProjectOrchestrator:
         ]
         await outlasting_outages(
             lambda: self.store.submit(
-                batch_id, dependency_order(pruned), fields={"recreated": 1}, recreate=True
+                batch_id, dependency_order(dependency_waves(pruned)), fields={"recreated": 1}, recreate=True
             ),
             REDIS_REPLY_TIMEOUT_S * (1 + len(pruned) // 500),
         )

@@ -35,6 +35,7 @@ from coditect.models import (
     ExecutionStatus,
     TokenUsage,
 )
+from coditect.secrets import Redactor, redact_result, register_secrets, settings_secrets
 from coditect.settings import Settings
 
 __all__ = ["TaskExecutor"]
@@ -79,6 +80,9 @@ class TaskExecutor:
             self.settings.scripts_dir, output_limit_bytes=self.settings.script_output_limit_bytes
         )
         self.worker_name = self.settings.worker_name or default_worker_name()
+        secrets = settings_secrets(self.settings)
+        self.redactor = Redactor(secrets)
+        register_secrets(secrets)  # so that the log filter masks them too, wherever a record is made
 
     async def execute(
         self,
@@ -132,7 +136,8 @@ class TaskExecutor:
             result.error = f"unexpected {type(err).__name__}: {err}"
         result.finished_at = datetime.now(UTC)
         result.duration_s = round(time.perf_counter() - clock, 6)
-        return result
+        # The last line of defence: no part of a key or password leaves in a result.
+        return redact_result(result, self.redactor)
 
     def _resolve_mode(self, config: AgentConfig, mode: str | None) -> ExecutionMode:
         if mode is not None:

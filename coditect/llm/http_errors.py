@@ -19,6 +19,7 @@ from coditect.errors import (
     TransientProviderError,
     provider_error_for_status,
 )
+from coditect.secrets import MASK, Redactor
 
 __all__ = [
     "MAX_ERROR_TEXT_CHARS",
@@ -35,7 +36,6 @@ __all__ = [
 ]
 
 MAX_ERROR_TEXT_CHARS = 500
-REDACTED = "[redacted]"
 
 # Class names shared by httpx and httpx2 -> the Timeout attribute that bounded the failed phase.
 _TIMEOUT_PHASES = {"ConnectTimeout": "connect", "WriteTimeout": "write", "PoolTimeout": "pool"}
@@ -55,8 +55,11 @@ def truncate(text: str, limit: int = MAX_ERROR_TEXT_CHARS) -> str:
 
 
 def redact(text: str, secret: str | None) -> str:
-    """``text`` with every occurrence of ``secret`` replaced (some servers echo the key they refused)."""
-    return text.replace(secret, REDACTED) if secret else text
+    """``text`` with ``secret`` masked, whole or any run of 8+ of its characters (some servers echo the
+    key they refused, or its first or last characters)."""
+    if not secret:
+        return text
+    return Redactor([secret]).redact_known(text.replace(secret, MASK))
 
 
 def safe_url(url: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import queue
 import re
@@ -27,6 +28,7 @@ from coditect.cli.demo import DEMO_TASKS
 from coditect.cli.render import excerpt, progress_line, results_table, status_counts, summary_line
 from coditect.client.orchestrator import BatchProgress
 from coditect.models import ExecutionResult, ExecutionStatus, TokenUsage
+from coditect.settings import Settings
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 HEAVY_MODULES = ("arq", "anthropic", "pydantic", "pydantic_settings", "redis", "fakeredis", "httpx")
@@ -233,6 +235,12 @@ BAD_FILES = [
         "depends_on",
         id="cycle",
     ),
+    pytest.param('{"name": "\\ud800", "tasks": [{"title": "a"}]}', "lone surrogate", "name", id="surrogate"),
+    pytest.param(
+        [{"id": "a", "title": "x", "timeout_s": "10"}], "valid number", "tasks[0].timeout_s", id="str-s"
+    ),
+    pytest.param('[{"title": "a", "metadata": {"x": NaN}}]', "NaN is not a JSON number", "", id="nan"),
+    pytest.param("[" * 100_000 + "]" * 100_000, "nested too deeply", "", id="deep"),
 ]
 
 
@@ -253,6 +261,36 @@ def test_run_bad_input_exits_2_with_one_line(
     assert f"coditect: error: {path}: " in line
     if field:
         assert f": {field}: " in line
+
+
+@pytest.mark.timeout(10)  # a FIFO used to block the command for ever
+def test_run_a_fifo_exits_2_at_once(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    fifo = tmp_path / "batch.json"
+    os.mkfifo(fifo)
+    assert main(["run", str(fifo)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert single_error_line(err) == f"coditect: error: {fifo}: not a regular file (a FIFO)"
+
+
+def test_run_refuses_a_script_agent_without_its_script_before_running_anything(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    agents = tmp_path / "agents.json"
+    agents.write_text(json.dumps({"agents": [{"name": "shouter", "mode": "script"}]}))
+    monkeypatch.setenv("CODITECT_AGENTS_FILE", str(agents))
+    monkeypatch.setenv("CODITECT_SCRIPTS_DIR", str(scripts))
+    path = write_batch(tmp_path, [{"id": "a", "title": "x"}, {"id": "b", "title": "y", "agent": "shouter"}])
+    assert main(["run", str(path), "--json"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    script = scripts.resolve() / "execute_shouter.py"
+    assert single_error_line(err) == (
+        f"coditect: error: {path}: tasks[1].agent: agent 'shouter' runs a legacy script: "
+        f"script not found: {script}"
+    )
 
 
 def test_run_missing_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -333,6 +371,41 @@ def test_redis_url_that_is_not_redis_exits_2(
     line = single_error_line(err)
     assert "must start with redis:// or rediss://" in line
     assert "secret" not in line
+
+
+@pytest.mark.parametrize(
+    ("command", "url", "expected"),
+    [
+        pytest.param(
+            "status",
+            "redis://127.0.0.1:1/0?password=hunter2hunter2",
+            "cannot reach Redis at redis://127.0.0.1:1/0?password=***: ",
+            id="query",
+        ),
+        pytest.param(
+            "results",
+            "redis://127.0.0.1:1/0?db=0&password=hunter2hunter2",
+            "cannot reach Redis at redis://127.0.0.1:1/0?db=0&password=***: ",
+            id="second-parameter",
+        ),
+        pytest.param(
+            "status",
+            "redis+sentinel://127.0.0.1:1/m?password=hunter2hunter2",
+            "query parameters and fragments are not supported with redis+sentinel://: "
+            "redis+sentinel://127.0.0.1:1/m?password=***",
+            id="sentinel",
+        ),
+    ],
+)
+def test_a_password_given_as_a_query_parameter_is_masked_in_the_error_line(
+    capsys: pytest.CaptureFixture[str], command: str, url: str, expected: str
+) -> None:
+    assert main([command, "b-1", "--redis-url", url]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    line = single_error_line(err)
+    assert expected in line
+    assert "hunter2" not in line
 
 
 def test_run_against_unreachable_redis_exits_2_quickly(
@@ -733,3 +806,39 @@ def test_a_redis_that_never_answers_ends_a_one_shot_command_with_exit_2(
         err.strip() == f"coditect: error: Redis at redis://:***@127.0.0.1:{port} did not answer within 0.5 s"
     )
     assert elapsed < 5
+
+
+async def test_a_timeout_from_a_command_without_a_deadline_is_still_one_line(settings: Settings) -> None:
+    from coditect.cli.shared import open_orchestrator
+    from coditect.errors import BackendUnavailableError
+
+    # run and watch have no deadline of their own: this used to format None and crash with TypeError.
+    with pytest.raises(BackendUnavailableError, match=r"^the embedded Redis did not answer in time$"):
+        async with open_orchestrator(settings, command="run", shared=False):
+            raise TimeoutError
+
+
+@pytest.mark.parametrize("log_format", ["json", "text", "invalid"])
+def test_the_commands_log_lines_follow_coditect_log_format(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, log_format: str
+) -> None:
+    from coditect.cli.app import _logging
+
+    monkeypatch.setenv("CODITECT_LOG_FORMAT", log_format)
+    with _logging("run"):
+        logging.getLogger("coditect.backoff").warning("Redis unreachable at %s", "redis://:hunter2@h:1/0")
+    err = capsys.readouterr().err
+    if log_format == "json":
+        line = json.loads(err)
+        assert (line["level"], line["logger"]) == ("WARNING", "coditect.backoff")
+        assert line["message"] == "Redis unreachable at redis://:***@h:1/0"
+    else:  # an invalid format is the command's to report; its log lines stay text meanwhile
+        assert err == "coditect: WARNING: coditect.backoff: Redis unreachable at redis://:***@h:1/0\n"
+
+
+def test_an_invalid_log_format_is_refused_in_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("CODITECT_LOG_FORMAT", "xml")
+    assert main(["run", str(write_batch(tmp_path, SIMPLE_BATCH))]) == 2
+    assert "CODITECT_LOG_FORMAT" in single_error_line(capsys.readouterr().err)

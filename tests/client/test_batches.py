@@ -227,7 +227,8 @@ async def test_cancel_ends_queued_and_waiting_tasks_and_aborts_running_ones(
     assert summary.counts["cancelled"] == 3
     results = {r.task_id: r for r in await store.results("b1") or []}
     assert {r.error for r in results.values()} == {"cancelled by user"}
-    assert results["run"].attempts == 1 and results["so-queued"].attempts == 0
+    assert results["run"].attempts == 1
+    assert results["so-queued"].attempts == 0
     assert await pool.zcard(QUEUE) == 0
     assert "run" not in RELEASE or not RELEASE["run"].is_set(), "aborted, not released"
 
@@ -277,11 +278,14 @@ async def test_a_finished_batch_has_totals_a_final_event_and_the_keep_ttl(
 
     summary = await finished(store, "b1")
 
-    assert summary.finished_at is not None and summary.created_at is not None
-    assert summary.duration_s is not None and summary.duration_s >= 0
+    assert summary.finished_at is not None
+    assert summary.created_at is not None
+    assert summary.duration_s is not None
+    assert summary.duration_s >= 0
     events = await read_events(pool, "b1", "0-0")
     assert events[-1].type == "batch.finished"
-    assert events[-1].data["success"] == 1 and events[-1].data["failed"] == 1
+    assert events[-1].data["success"] == 1
+    assert events[-1].data["failed"] == 1
     assert 0 < await pool.pttl(BATCH_KEY_PREFIX + "b1") <= KEEP_S * 1000
     data = summary.to_json_dict()
     assert set(data) >= {"id", "name", "created_at", "counts", "usage", "cost_usd"}

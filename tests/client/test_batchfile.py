@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from coditect.agents import AgentRegistry
+from coditect.client import batchfile
 from coditect.client.batchfile import load_batch_file
-from coditect.client.orchestrator import check_batch
 from coditect.errors import TaskInputError
-from coditect.models import MAX_PROMPT_CHARS, AgentTask
+from coditect.models import MAX_PROMPT_CHARS
 
 
 def write_json(tmp_path: Path, data: Any, name: str = "batch.json") -> Path:
@@ -172,59 +173,124 @@ def test_error_in_a_toml_file_names_the_field(tmp_path: Path) -> None:
     assert f"{path}: tasks[1].title: " in load_error(path)
 
 
-def tasks(*entries: dict[str, Any]) -> list[AgentTask]:
-    return [AgentTask.model_validate(entry) for entry in entries]
+# -- hostile files: refused in one short line, quickly, whatever they hold -------------------------
+
+DEEP = 100_000
 
 
-def check_error(batch: list[AgentTask]) -> TaskInputError:
+def quick_error(path: Path) -> TaskInputError:
+    """The error loading ``path``; it must come within a second and fit on one short line."""
+    started = time.monotonic()
     with pytest.raises(TaskInputError) as caught:
-        check_batch(batch, AgentRegistry())
+        load_batch_file(path)
+    elapsed = time.monotonic() - started
+    message = str(caught.value)
+    assert elapsed < 1.0, f"took {elapsed:.2f} s"
+    assert message.startswith(f"{path}: ")
+    assert "\n" not in message
+    assert len(message) < len(str(path)) + 200, message  # no payload echoed back
     return caught.value
 
 
-def test_check_batch_accepts_a_valid_graph() -> None:
-    check_batch(
-        tasks(
-            {"id": "a", "title": "a", "agent": "writer"},
-            {"id": "b", "title": "b", "agent": "reviewer", "depends_on": ["a"]},
-            {"id": "c", "title": "c", "depends_on": ["a", "b"]},
-        ),
-        AgentRegistry(),
+TOO_MANY_DIGITS = '{"tasks": [{"title": "a", "timeout_s": ' + "1" * 5000 + "}]}"
+SURROGATE_NAME = '{"name": "\\ud800", "tasks": [{"title": "a"}]}'
+# (id, file name, content, the error's field, a phrase of its message)
+HOSTILE = [
+    ("int-5000-digits", "b.json", TOO_MANY_DIGITS, "", "a number of 5000 digits (at most 4300)"),
+    ("json-array-deep", "b.json", "[" * DEEP + "]" * DEEP, "", "nested too deeply"),
+    ("json-object-deep", "b.json", '{"a": ' * DEEP + "1" + "}" * DEEP, "", "nested too deeply"),
+    ("toml-array-deep", "b.toml", "a = " + "[" * DEEP + "]" * DEEP, "", "nested too deeply"),
+    ("toml-table-deep", "b.toml", "a = " + "{b = " * DEEP + "1" + "}" * DEEP, "", "nested too deeply"),
+    ("surrogate-name", "b.json", SURROGATE_NAME, "name", "lone surrogate"),
+    (
+        "surrogate-title",
+        "b.json",
+        '[{"title": "ok"}, {"title": "x \\udfff"}]',
+        "tasks[1].title",
+        "lone surrogate",
+    ),
+    (
+        "surrogate-key",
+        "b.json",
+        '[{"title": "a", "metadata": {"\\udc00": 1}}]',
+        "tasks[0].metadata",
+        "surrogate",
+    ),
+    ("infinity", "b.json", '[{"title": "a", "timeout_s": Infinity}]', "", "Infinity is not a JSON number"),
+    ("minus-infinity", "b.json", '[{"title": "a", "timeout_s": -Infinity}]', "", "-Infinity is not a JSON"),
+    ("nan", "b.json", '[{"title": "a", "metadata": {"x": NaN}}]', "", "NaN is not a JSON number"),
+    ("1e999", "b.json", '[{"title": "a", "metadata": {"x": 1e999}}]', "", "too large for a float"),
+    ("timeout-str", "b.json", '[{"title": "a", "timeout_s": "10"}]', "tasks[0].timeout_s", "valid number"),
+    ("timeout-bool", "b.json", '[{"title": "a", "timeout_s": true}]', "tasks[0].timeout_s", "valid number"),
+    (
+        "toml-timeout-str",
+        "b.toml",
+        '[[tasks]]\ntitle = "a"\ntimeout_s = "10"',
+        "tasks[0].timeout_s",
+        "number",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "field", "expected"), [pytest.param(*case[1:], id=case[0]) for case in HOSTILE]
+)
+def test_hostile_content_is_refused_in_one_line(
+    tmp_path: Path, name: str, content: str, field: str, expected: str
+) -> None:
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    err = quick_error(path)
+    assert err.field == field
+    assert expected in err.message
+
+
+def test_numbers_that_json_allows_still_load(tmp_path: Path) -> None:
+    path = tmp_path / "b.json"
+    path.write_text(
+        '[{"title": "a", "timeout_s": 10, "metadata": {"big": ' + "9" * 4300 + ', "f": 1.5e300, "neg": -2}},'
+        ' {"title": "b", "timeout_s": 2.5}]',
+        encoding="utf-8",
     )
+    first, second = load_batch_file(path).tasks
+    assert (first.timeout_s, second.timeout_s) == (10.0, 2.5)
+    assert first.metadata == {"big": int("9" * 4300), "f": 1.5e300, "neg": -2}
 
 
-def test_check_batch_repeated_id() -> None:
-    err = check_error(tasks({"id": "a", "title": "x"}, {"id": "b", "title": "y"}, {"id": "a", "title": "z"}))
-    assert err.field == "tasks[2].id"
-    assert "'a' appears more than once" in str(err)
+def test_escaped_surrogate_pairs_are_text(tmp_path: Path) -> None:
+    path = tmp_path / "b.json"
+    path.write_text('{"name": "snake \\ud83d\\udc0d", "tasks": [{"title": "\\u00e9t\\u00e9"}]}')
+    spec = load_batch_file(path)
+    assert (spec.name, spec.tasks[0].title) == ("snake \N{SNAKE}", "\N{LATIN SMALL LETTER E WITH ACUTE}t\xe9")
 
 
-def test_check_batch_unknown_dependency() -> None:
-    err = check_error(tasks({"id": "a", "title": "x"}, {"id": "b", "title": "y", "depends_on": ["nope"]}))
-    assert err.field == "tasks[1].depends_on"
-    assert "'nope'" in str(err)
+def test_a_file_name_that_is_not_text_gives_a_batch_name_that_is(tmp_path: Path) -> None:
+    path = Path(os.fsdecode(bytes(tmp_path) + b"/b\xff.json"))
+    path.write_text('[{"title": "a"}]', encoding="utf-8")
+    assert load_batch_file(path).name == "b?"
 
 
-def test_check_batch_cycle() -> None:
-    err = check_error(
-        tasks(
-            {"id": "free", "title": "w"},
-            {"id": "a", "title": "x", "depends_on": ["c"]},
-            {"id": "b", "title": "y", "depends_on": ["a"]},
-            {"id": "c", "title": "z", "depends_on": ["b"]},
-        )
-    )
-    assert err.field == "depends_on"
-    assert "cycle among tasks a, b, c" in str(err)
+@pytest.mark.timeout(10)  # before the fix these blocked for ever, or read without end
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        pytest.param("fifo", "not a regular file (a FIFO)", id="fifo"),
+        pytest.param("dev-zero", "not a regular file (a character device)", id="symlink-to-dev-zero"),
+        pytest.param("directory", "not a regular file (a directory)", id="directory"),
+    ],
+)
+def test_what_is_not_a_regular_file_is_refused_unread(tmp_path: Path, kind: str, expected: str) -> None:
+    path = tmp_path / "batch.json"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "dev-zero":
+        path.symlink_to("/dev/zero")
+    else:
+        path.mkdir()
+    assert quick_error(path).message == expected
 
 
-def test_check_batch_self_dependency_is_a_cycle() -> None:
-    err = check_error(tasks({"id": "a", "title": "x", "depends_on": ["a"]}))
-    assert "cycle" in str(err)
-
-
-def test_check_batch_unknown_agent() -> None:
-    err = check_error(tasks({"id": "a", "title": "x"}, {"id": "b", "title": "y", "agent": "poet"}))
-    assert err.field == "tasks[1].agent"
-    assert "unknown agent 'poet'" in str(err)
-    assert "writer" in str(err)
+def test_a_file_over_the_cap_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(batchfile, "MAX_BATCH_FILE_BYTES", 64)
+    path = write_json(tmp_path, [{"title": "x" * 100}])
+    assert quick_error(path).message == "file is larger than 64 bytes"

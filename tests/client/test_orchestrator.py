@@ -104,7 +104,9 @@ async def test_a_dependant_starts_as_soon_as_its_dependency_succeeds(orch: Proje
     results = {r.task_id: r for r in await orch.run_batch(batch)}
 
     a, b, c = results["a"], results["b"], results["c"]
-    assert a.finished_at is not None and b.started_at is not None and c.finished_at is not None
+    assert a.finished_at is not None
+    assert b.started_at is not None
+    assert c.finished_at is not None
     assert a.finished_at <= b.started_at < c.finished_at, "B ran while C was still running"
     assert (b.started_at - a.finished_at).total_seconds() < 0.5
 
@@ -244,10 +246,13 @@ async def test_events_of_a_batch_are_complete_and_in_order(orch_settings: Settin
     ]  # fmt: skip
     assert [event.id for event in events] == sorted(event.id for event in events)
     failed = next(event for event in events if event.type == "task.failed")
-    assert "cannot reach" in failed.data["error"] and failed.worker
+    assert "cannot reach" in failed.data["error"]
+    assert failed.worker
     succeeded = next(event for event in events if event.type == "task.succeeded")
-    assert succeeded.data["in"] > 0 and succeeded.data["duration"] >= 0
-    assert "output" not in succeeded.data and "title" not in json.dumps(succeeded.to_json_dict())
+    assert succeeded.data["in"] > 0
+    assert succeeded.data["duration"] >= 0
+    assert "output" not in succeeded.data
+    assert "title" not in json.dumps(succeeded.to_json_dict())
     in_all = [(event.type, event.task_id, event.attempt) for event in everything if event.batch_id == "ev"]
     assert in_all == flow, "the stream of all batches has the same events, in the same order"
 

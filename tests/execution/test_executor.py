@@ -544,6 +544,9 @@ async def test_api_mode_http_errors(
     assert result.error is not None
     assert f"(HTTP {status})" in result.error
     assert "endpoint says no" in result.error
+    assert "API_KEY" not in result.error  # an endpoint has no provider key to check
+    if status == 401:
+        assert "check the agent endpoint's credentials" in result.error
     assert result.output == ""
     assert len(endpoint.requests) == 1  # one attempt: retries belong to the queue layer
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -254,3 +256,69 @@ async def test_a_command_against_unreachable_redis_exits_2_with_one_line_naming_
     assert url in lines[0]
     assert "Traceback" not in err.decode()
     assert elapsed < 5
+
+
+# -- 3e. Redis silent past the outage limit during run and watch -------------------------------
+
+PASSWORD = "outage-password-7f3a"
+
+
+async def blocked_in_blpop(client: redis.asyncio.Redis) -> bool:
+    """True once some client (the command's waiter) is blocked on its batch's done list."""
+    return any(entry.get("cmd") == "blpop" for entry in await client.client_list())
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("command", ["run", "watch"])
+async def test_a_redis_silent_past_the_outage_limit_ends_run_and_watch_with_one_line_and_exit_2(
+    own_redis: OwnRedis,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+) -> None:
+    from coditect import backoff
+    from coditect.cli.app import main
+
+    monkeypatch.setattr(backoff, "REDIS_OUTAGE_LIMIT_S", 1.0)
+    monkeypatch.setattr(orchestrator, "REDIS_REPLY_TIMEOUT_S", 0.5)
+    server = await own_redis(False)
+    async with redis.asyncio.Redis.from_url(server.url) as client:
+        await client.config_set("requirepass", PASSWORD)
+    url = f"redis://:{PASSWORD}@127.0.0.1:{server.port}/0"
+    batch = tmp_path / "batch.json"
+    batch.write_text(json.dumps([{"id": "a", "title": "never runs: no worker"}]))
+    if command == "run":
+        argv = ["run", str(batch), "--redis-url", url, "--json"]
+    else:
+        assert (
+            await asyncio.to_thread(main, ["submit", str(batch), "--redis-url", url, "--batch-id", "b1"]) == 0
+        )
+        argv = ["watch", "b1", "--redis-url", url, "--json"]
+    capsys.readouterr()
+    assert server.process is not None
+    pid = server.process.pid
+    async with redis.asyncio.Redis.from_url(url) as client:
+        cli = asyncio.create_task(asyncio.to_thread(main, argv))
+        try:
+            await eventually(lambda: blocked_in_blpop(client), timeout_s=10, what=f"{command} to wait")
+            os.kill(pid, signal.SIGSTOP)
+            started = time.monotonic()
+            code = await asyncio.wait_for(asyncio.shield(cli), 30)
+            elapsed = time.monotonic() - started
+        finally:
+            os.kill(pid, signal.SIGCONT)
+            await asyncio.gather(cli, return_exceptions=True)
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert out == ""
+    assert "Traceback" not in err
+    assert PASSWORD not in err
+    lines = err.splitlines()
+    assert (
+        lines[-1]
+        == f"coditect: error: Redis at redis://:***@127.0.0.1:{server.port}/0 did not answer for 1 s"
+    )
+    # Before it: only the warnings of the retries that rode the outage out.
+    assert all("Redis unreachable" in line for line in lines[:-1]), lines
+    assert elapsed < 15

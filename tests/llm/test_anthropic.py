@@ -154,6 +154,9 @@ async def test_client_errors_are_permanent_and_sent_once(
     assert err.status_code == status
     assert str(err).startswith(f"anthropic (HTTP {status}): the server's own explanation")
     assert hint in str(err)
+    assert "OPENAI" not in str(err)
+    if status == 401:
+        assert "check ANTHROPIC_API_KEY" in str(err)
     assert len(server.requests) == 1
     assert_key_hidden(err, KEY)
 
@@ -164,7 +167,7 @@ async def test_a_key_echoed_by_the_server_is_redacted(llm: AnthropicLlm, server:
     with pytest.raises(PermanentProviderError) as caught:
         await llm.generate_content_async(HELLO)
 
-    assert "invalid x-api-key: [redacted]" in str(caught.value)
+    assert "invalid x-api-key: ***" in str(caught.value)
     assert_key_hidden(caught.value, KEY)
 
 

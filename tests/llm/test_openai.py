@@ -154,6 +154,9 @@ async def test_client_errors_are_permanent(
     assert err.status_code == status
     assert str(err).startswith(f"openai (HTTP {status}): the server's own explanation")
     assert hint in str(err)
+    assert "ANTHROPIC" not in str(err)  # an OpenAI-compatible server refused the OpenAI key
+    if status == 401:
+        assert "check CODITECT_OPENAI_API_KEY" in str(err)
     assert len(server.requests) == 1
     assert_key_hidden(err, KEY)
 
@@ -189,7 +192,7 @@ async def test_long_non_json_error_body_is_truncated(llm: OpenAiLlm, server: Fak
 async def test_a_key_echoed_by_the_server_is_redacted(llm: OpenAiLlm, server: FakeProvider) -> None:
     server.plan(status=401, message=f"Incorrect API key provided: {KEY}")
 
-    with pytest.raises(PermanentProviderError, match=r"provided: \[redacted\]") as caught:
+    with pytest.raises(PermanentProviderError, match=r"provided: \*\*\*") as caught:
         await llm.generate_content_async(HELLO)
 
     assert_key_hidden(caught.value, KEY)

@@ -20,10 +20,10 @@ DOWN_AFTER_MS = 1000
 FAILOVER_TIMEOUT_MS = 3000
 
 
-def _binary(name: str) -> str:
-    path = shutil.which(name)
+def _redis_server() -> str:
+    path = shutil.which("redis-server")
     if path is None:
-        raise RuntimeError(f"{name} is not installed (apt-get install redis-server redis-sentinel)")
+        raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
     return path
 
 
@@ -41,7 +41,7 @@ def _poll(check: Callable[[], bool], what: str, timeout_s: float) -> None:
 
 
 class SentinelCluster:
-    """``redis-server`` master and replica (AOF on both) watched by three ``redis-sentinel``s."""
+    """``redis-server`` master and replica (AOF on both) watched by three ``redis-server --sentinel``s."""
 
     def __init__(self, workdir: Path, *, sentinels: int = 3) -> None:
         self.workdir = workdir
@@ -62,7 +62,7 @@ class SentinelCluster:
         data = self.workdir / name
         data.mkdir(parents=True, exist_ok=True)
         return [
-            _binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
+            _redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
             "--save", "", "--appendonly", "yes", "--appendfsync", "always",
             "--logfile", str(data / "redis.log"),
         ]  # fmt: skip
@@ -103,7 +103,8 @@ class SentinelCluster:
                 f"sentinel failover-timeout {MASTER_NAME} {FAILOVER_TIMEOUT_MS}\n"
                 f"sentinel known-replica {MASTER_NAME} 127.0.0.1 {self.replica_port}\n"
             )
-            self._spawn(f"sentinel-{port}", [_binary("redis-sentinel"), str(config)])
+            # redis-sentinel is this same program under another name; not every package ships the alias.
+            self._spawn(f"sentinel-{port}", [_redis_server(), str(config), "--sentinel"])
         others = len(self.sentinel_ports) - 1
         for port in self.sentinel_ports:
             with redis.Redis(port=port, socket_connect_timeout=0.2) as sentinel:
