@@ -142,7 +142,8 @@ def load_batch(file: str, settings: Settings) -> BatchSpec:
 
     spec = load_batch_file(Path(file))
     try:
-        check_batch(spec.tasks, AgentRegistry.from_settings(settings), settings=settings)
+        local = settings if settings.embedded else None  # scripts are checked where they run
+        check_batch(spec.tasks, AgentRegistry.from_settings(settings), settings=local)
     except TaskInputError as err:
         err.source = err.source or file
         raise

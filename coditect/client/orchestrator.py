@@ -167,7 +167,10 @@ class ProjectOrchestrator:
         return (await self._submit(tasks, batch_id, name)).batch_id
 
     async def _submit(self, tasks: Sequence[AgentTask], batch_id: str | None, name: str) -> Submitted:
-        ordered = dependency_order(check_batch(tasks, self.agents, settings=self.settings))
+        # Scripts are checked where they run: here, for the embedded workers; workers elsewhere have
+        # their own scripts folder, and a missing script fails its task there.
+        local = self.settings if self.settings.embedded else None
+        ordered = dependency_order(check_batch(tasks, self.agents, settings=local))
         batch_id = batch_id or new_batch_id()
         if not BATCH_ID_PATTERN.match(batch_id):
             raise TaskInputError(

@@ -8,12 +8,13 @@ waiter that fell behind a capped stream still ends with every result (it reads t
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
 from coditect.backoff import REDIS_DOWN, Outage
 from coditect.client.batches import BatchStore, BatchSummary
-from coditect.client.events import read_events
+from coditect.client.events import Event, read_events
 from coditect.client.progress import PROGRESS_INTERVAL_S, BatchProgress, ProgressCallback
 from coditect.engine.registry import live_workers
 from coditect.errors import CoditectError
@@ -22,6 +23,9 @@ from coditect.models import ExecutionResult
 __all__ = ["BatchLost", "BatchWaiter", "DeadlineReached"]
 
 WORKER_CHECK_S = 2.0
+# A reply that never comes (a connection dropped without an RST) ends after this, on top of a
+# blocking read's own wait; redis-py drops that connection and the next call opens another.
+REDIS_REPLY_TIMEOUT_S = 10.0
 
 
 class BatchLost(CoditectError):
@@ -72,41 +76,50 @@ class BatchWaiter:
         finished = False
         while True:
             try:
-                if attach:
-                    for result in await self._settle():
-                        yield result
+                # Every round trip has a deadline: a connection that went silent is dropped (and a
+                # new one opened) instead of waited on for ever.
+                async with asyncio.timeout(PROGRESS_INTERVAL_S + REDIS_REPLY_TIMEOUT_S):
+                    found = await self._settle() if attach else []
                     attach = False
-                if finished or time.monotonic() >= next_tick:
-                    summary = await self._tick()
-                    next_tick = time.monotonic() + PROGRESS_INTERVAL_S
-                    if summary.finished:
-                        if len(self._seen) < summary.done:
-                            for result in await self._settle():
-                                yield result
-                        return
-                    finished = False
-                block_s = max(0.001, next_tick - time.monotonic())
-                if self.deadline is not None:
-                    block_s = min(block_s, max(0.001, self.deadline - time.monotonic()))
-                events = await read_events(
-                    self.store.redis, self.batch_id, last, block_ms=max(1, int(block_s * 1000))
-                )
+                    done = False
+                    if finished or time.monotonic() >= next_tick:
+                        summary = await self._tick()
+                        next_tick = time.monotonic() + PROGRESS_INTERVAL_S
+                        done = summary.finished
+                        if done and len(self._seen) < summary.done:
+                            found += await self._settle()
+                    if not done:
+                        events, fresh = await self._next_events(last, next_tick)
+                        found += fresh
                 outage.over()
-            except REDIS_DOWN as err:
+            except REDIS_DOWN as err:  # includes TimeoutError
                 await outage.backoff(err)
                 continue
+            for result in found:
+                yield result
+            if done:
+                return
+            finished = False
             if events:
                 last = events[-1].id
                 finished = any(event.type == "batch.finished" for event in events)
-                ended = [event.task_id for event in events if event.is_final and event.task_id]
-                fresh = [task for task in ended if task not in self._seen]
-                if fresh:
-                    for result in (await self.store.fetch_results(self.batch_id, fresh)).values():
-                        if result.task_id not in self._seen:
-                            self._seen.add(result.task_id)
-                            yield result
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 raise DeadlineReached(f"batch {self.batch_id}: deadline reached")
+
+    async def _next_events(self, last: str, next_tick: float) -> tuple[list[Event], list[ExecutionResult]]:
+        """The events after ``last`` (waiting until the next tick at most), and the results of the
+        tasks whose final event is among them."""
+        block_s = max(0.001, next_tick - time.monotonic())
+        if self.deadline is not None:
+            block_s = min(block_s, max(0.001, self.deadline - time.monotonic()))
+        events = await read_events(
+            self.store.redis, self.batch_id, last, block_ms=max(1, int(block_s * 1000))
+        )
+        ended = [event.task_id for event in events if event.is_final and event.task_id]
+        fresh = [task for task in ended if task not in self._seen]
+        found = list((await self.store.fetch_results(self.batch_id, fresh)).values()) if fresh else []
+        self._seen.update(result.task_id for result in found)
+        return events, found
 
     async def _tick(self) -> BatchSummary:
         summary = await self.store.summary(self.batch_id)

@@ -81,7 +81,7 @@ async def test_coditect_cancel_dequeues_waiting_tasks_and_aborts_running_ones(
     batch = [AgentTask(id=f"c{i}", title=f"task {i}", agent="sleeper") for i in range(6)]
     async with ProjectOrchestrator(settings) as orch:
         await orch.submit(batch, batch_id="doomed")
-        waiting = asyncio.create_task(orch.wait("doomed", [t.id for t in batch]))
+        waiting = asyncio.create_task(orch.wait("doomed"))
         try:
             started = await eventually(
                 lambda: _at_least(2, sleepers.entries()), timeout_s=15, what="2 scripts to start"
@@ -91,14 +91,14 @@ async def test_coditect_cancel_dequeues_waiting_tasks_and_aborts_running_ones(
                 "--redis-url", real_settings.redis_url, env=worker_env,
             )  # fmt: skip
             assert code == 0, err.decode()
-            assert json.loads(out) == {"batch_id": "doomed", "dequeued": 4, "aborted": 2}
+            assert json.loads(out) == {"batch_id": "doomed", "dequeued": 4, "unstarted": 0, "aborted": 2}
             results = await asyncio.wait_for(asyncio.shield(waiting), 15)
         finally:
             waiting.cancel()
             await asyncio.gather(waiting, return_exceptions=True)
 
-    assert {r.status for r in results.values()} == {ExecutionStatus.CANCELLED}, results
-    assert all(r.error for r in results.values())
+    assert {r.status for r in results} == {ExecutionStatus.CANCELLED}, results
+    assert {r.error for r in results} == {"cancelled by user"}
     # Nothing is left that could still start, and only the two running tasks ever started.
     assert await leftovers(client) == NO_LEFTOVERS
     assert sleepers.entries() == started

@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 import redis.asyncio
 
+from coditect.client.events import read_events
 from coditect.client.orchestrator import ProjectOrchestrator
-from coditect.keys import done_key, job_id_for
+from coditect.keys import job_id_for
 from coditect.models import AgentTask, ExecutionResult, ExecutionStatus
 from coditect.settings import Settings
 from tests.support.faults import NO_LEFTOVERS, eventually, held_by, leftovers
@@ -43,16 +44,18 @@ async def client(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
 async def collect_done(
     client: redis.asyncio.Redis, batch_id: str, task_ids: list[str], timeout_s: float
 ) -> Counter[str]:
-    """Pop the batch's done list until every task reported; how often each job id was reported."""
+    """Follow the batch's events until every task ended; how many final events each job id had."""
     expected = {job_id_for(batch_id, task_id) for task_id in task_ids}
     reported: Counter[str] = Counter()
     deadline = time.monotonic() + timeout_s
+    last = "0-0"
     while not expected <= reported.keys():
         left = deadline - time.monotonic()
         assert left > 0, f"unfinished after {timeout_s} s: {sorted(expected - reported.keys())}"
-        popped = await client.blpop([done_key(batch_id)], timeout=min(left, 1.0))  # type: ignore[arg-type,misc]
-        if popped is not None:
-            reported[popped[1].decode()] += 1
+        for event in await read_events(client, batch_id, last, block_ms=int(min(left, 1.0) * 1000) or 1):
+            last = event.id
+            if event.is_final and event.task_id is not None:
+                reported[job_id_for(batch_id, event.task_id)] += 1
     return reported
 
 
@@ -90,7 +93,6 @@ async def test_a_killed_workers_tasks_run_again_elsewhere_after_one_lease_not_th
 
     # Exactly one final result per task: each job reported done once, nothing left running or queued.
     assert set(reported.values()) == {1}, reported
-    assert await client.llen(done_key("killed")) == 0  # type: ignore[misc]
     assert await leftovers(client) == NO_LEFTOVERS
     assert all(r.status is ExecutionStatus.SUCCESS for r in results.values()), results
     survivor_pids = {w.pid for w in survivors}
@@ -123,13 +125,14 @@ async def test_a_killed_workers_tasks_run_again_before_the_backlog_behind_them(
         )
         killed_at = time.time()
         await victim.kill()
-        job_ids = [job_id_for("backlog", task_id) for task_id in in_flight]
         reruns = await eventually(
-            lambda: _all_found(orch, job_ids), timeout_s=15, what="the killed worker's tasks to finish"
+            lambda: _all_found(orch, "backlog", sorted(in_flight)),
+            timeout_s=15,
+            what="the killed worker's tasks to finish",
         )
         states = Counter(r.status for r in await orch.results("backlog"))
         await orch.cancel("backlog")
-        await asyncio.wait_for(orch.wait("backlog", [t.id for t in batch]), 15)
+        await asyncio.wait_for(orch.wait("backlog"), 15)
 
     for rerun in reruns.values():
         assert rerun.status is ExecutionStatus.SUCCESS, rerun
@@ -140,9 +143,11 @@ async def test_a_killed_workers_tasks_run_again_before_the_backlog_behind_them(
     assert await leftovers(client) == NO_LEFTOVERS
 
 
-async def _all_found(orch: ProjectOrchestrator, job_ids: list[str]) -> dict[str, ExecutionResult] | None:
-    found = await orch.store.fetch_results(job_ids)
-    return found if len(found) == len(job_ids) else None
+async def _all_found(
+    orch: ProjectOrchestrator, batch_id: str, task_ids: list[str]
+) -> dict[str, ExecutionResult] | None:
+    found = await orch.store.fetch_results(batch_id, task_ids)
+    return found if len(found) == len(task_ids) else None
 
 
 async def _at_least(count: int, probe: Any) -> set[str] | None:
@@ -178,7 +183,7 @@ async def test_sigterm_with_a_long_grace_lets_running_tasks_finish_and_leaves_th
         assert await client.exists(*(f"arq:retry:{job_id_for('graceful', t)}" for t in waiting)) == 0
 
         (successor,) = await start_workers(1)
-        final = await asyncio.wait_for(orch.wait("graceful", [t.id for t in batch]), 20)
+        final = {r.task_id: r for r in await asyncio.wait_for(orch.wait("graceful"), 20)}
 
     assert exited_in < 10  # it left once its tasks were done, not after the whole grace period
     for task_id in running:
@@ -238,10 +243,10 @@ async def _put_back_and_finish_elsewhere(
         assert all(score is not None and score <= time.time() * 1000 for score in scores), scores
 
         (successor,) = await start_workers(1)
-        results = await asyncio.wait_for(orch.wait("short", [t.id for t in batch]), 20)
+        results = {r.task_id: r for r in await asyncio.wait_for(orch.wait("short"), 20)}
 
     assert exited_in < 1 + 4  # the grace period, then cancelled at once
-    assert sum("cancelled by shutdown, back in the queue" in line for line in worker.lines) == 3
+    assert sum("cancelled, will be run again" in line for line in worker.lines) == 3
     for result in results.values():
         assert result.status is ExecutionStatus.SUCCESS, result
         assert (result.attempts, pid_of(result)) == (2, successor.pid)

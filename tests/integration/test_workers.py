@@ -66,10 +66,10 @@ async def test_tasks_submitted_from_another_process_are_read_back(
     assert submit.returncode == 0, err.decode()
     assert json.loads(out) == {"batch_id": "remote-1"}
     async with ProjectOrchestrator(real_settings) as orch:
-        results = await orch.wait("remote-1", ["a", "b"])
+        results = await orch.wait("remote-1")
         listed = await orch.results("remote-1")
-    assert {task_id: r.status for task_id, r in results.items()} == {"a": "success", "b": "success"}
-    assert [(r.task_id, r.output) for r in listed] == [("a", results["a"].output), ("b", results["b"].output)]
+    assert [(r.task_id, r.status) for r in results] == [("a", "success"), ("b", "success")]
+    assert [(r.task_id, r.output) for r in listed] == [(r.task_id, r.output) for r in results]
 
 
 async def test_the_same_task_enqueued_twice_runs_once(
@@ -93,10 +93,13 @@ async def test_the_same_task_enqueued_twice_runs_once(
     batch = tasks(3, prefix="c", agent="counter")
     async with ProjectOrchestrator(settings) as orch:
         await orch.submit(batch, batch_id="twice")
-        assert await orch.store.enqueue("twice", batch) == 0  # queued or running: refused
-        results = await orch.wait("twice", [t.id for t in batch])
-        assert await orch.store.enqueue("twice", batch) == 0  # finished, result kept: refused
-    assert all(r.succeeded for r in results.values())
+        again = await orch.store.submit("twice", batch)  # queued or running: nothing written
+        results = await orch.wait("twice")
+        after = await orch.store.submit("twice", batch)  # finished, results kept: nothing written
+        rerun = await orch.run_batch(batch, batch_id="twice")  # a re-run attaches to the batch
+    assert (again.created, after.created) == (False, False)
+    assert all(r.succeeded for r in results)
+    assert [r.output for r in rerun] == [r.output for r in results]
     assert sorted(ledger.read_text().split()) == ["c0", "c1", "c2"]
 
 
