@@ -17,6 +17,10 @@ Provider errors are translated once, at the HTTP boundary of each provider, with
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from coditect.llm.base import RateLimitInfo
 
 __all__ = [
     "BackendUnavailableError",
@@ -102,9 +106,12 @@ class TransientProviderError(ProviderError):
         *,
         status_code: int | None = None,
         retry_after_s: float | None = None,
+        rate_limit: RateLimitInfo | None = None,
     ) -> None:
         super().__init__(provider, message, status_code=status_code)
         self.retry_after_s = retry_after_s
+        # The provider's rate-limit headers on this error, when it sent any (429s usually do).
+        self.rate_limit = rate_limit
 
 
 class PermanentProviderError(ProviderError):
