@@ -22,6 +22,7 @@ _NAMES: dict[str, str | int] = {
     "RETRY_TTL_S": keys.RETRY_COUNTER_TTL_S,
     "DONE_LIST_MIN_TTL_MS": keys.DONE_LIST_MIN_TTL_MS,
     "DONE_LIST_FOREVER_TTL_MS": keys.DONE_LIST_FOREVER_TTL_MS,
+    "LIMIT_GRACE_MS": keys.LIMIT_GRACE_MS,
 }
 
 
