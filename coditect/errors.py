@@ -7,11 +7,14 @@ The tree::
     ├── TaskInputError              a batch file or task payload that is invalid (names file and field)
     ├── BackendUnavailableError     Redis cannot be reached (names the URL, never its password)
     ├── ScriptError                 a legacy agent script exited non-zero (carries its stderr)
+    ├── CapacityDeferred            no rate-limit capacity soon enough: run again after ``delay_s``
     └── ProviderError               an LLM provider or agent endpoint call failed
         ├── TransientProviderError  worth retrying: 429, 529, 5xx, connection errors, timeouts
         └── PermanentProviderError  retrying cannot help: 400, 401, 403, 404, 422
 
 Provider errors are translated once, at the HTTP boundary of each provider, with ``raise ... from err``.
+``CapacityDeferred`` is not a failure: nothing was sent, and the task goes back to the queue without
+counting an attempt.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BackendUnavailableError",
+    "CapacityDeferred",
     "CoditectError",
     "ConfigurationError",
     "PermanentProviderError",
@@ -76,6 +80,21 @@ class ScriptError(CoditectError):
     def __str__(self) -> str:
         tail = self.stderr.strip()[-2000:]
         return f"script {self.script} exited with code {self.exit_code}" + (f": {tail}" if tail else "")
+
+
+class CapacityDeferred(CoditectError):
+    """The shared rate limit has no capacity for this call within the horizon; nothing was sent.
+
+    Run the task again after ``delay_s`` seconds: by then capacity frees within the horizon (unless
+    other workers take it first). Retrying sooner would only ask again.
+    """
+
+    def __init__(self, delay_s: float, *, provider: str = "", model: str = "") -> None:
+        where = f" for {provider}/{model}" if provider else ""
+        super().__init__(f"no rate-limit capacity{where} for {delay_s:.3f} s; run again after it")
+        self.delay_s = delay_s
+        self.provider = provider
+        self.model = model
 
 
 class ProviderError(CoditectError):
