@@ -27,7 +27,7 @@ from redis.exceptions import RedisError
 
 from coditect.errors import CapacityDeferred, TransientProviderError
 from coditect.llm.base import BaseLlm, LlmRequest, LlmResponse, Message
-from coditect.llm.limits import RateLimiter, estimate_input_tokens
+from coditect.llm.limits import RateLimiter
 
 __all__ = ["RATE_LIMIT_STATUSES", "call_with_capacity"]
 
@@ -53,11 +53,11 @@ async def call_with_capacity(
     provider, model = llm.provider, llm.model
     if limiter is None or not limiter.applies_to(provider, model):
         return await llm.generate_content_async(messages, request)
-    estimate = estimate_input_tokens(request.system, messages)
+    estimate = limiter.estimate_input_tokens(provider, model, request.system, messages)
     while True:
         reservation = await limiter.reserve(provider, model, estimate, request.max_tokens)
         if not reservation.granted:
-            raise CapacityDeferred(reservation.defer_s, provider=provider, model=model)
+            raise CapacityDeferred(reservation.wait_s, provider=provider, model=model)
         if reservation.wait_s <= 0:
             break
         started = time.monotonic()
@@ -75,6 +75,7 @@ async def call_with_capacity(
     except TransientProviderError as err:
         await _after_transient_error(limiter, provider, model, err)
         raise
+    limiter.note_prompt_cache(provider, model, request.system, response.usage)
     try:
         await limiter.settle(reservation, response.usage)
         await limiter.observe(provider, model, response.rate_limit)

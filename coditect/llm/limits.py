@@ -18,15 +18,23 @@ Times are Redis's own clock (``TIME``), so worker clocks do not matter.
 
 A call whose capacity frees within the horizon (``CODITECT_RATE_LIMIT_HORIZON_S``) is charged at that
 time at once and sleeps until then; a longer wait reserves nothing, and the task should stay away
-(``Reservation.defer_s``). After the call, ``settle`` corrects the token charges by the usage that came
-back (it may give capacity back). A 429 or 529 with retry-after pauses the provider and model for every
-worker (``cool_down``), and so does a rate-limit header saying an allowance is spent (``observe``).
+until the capacity frees (``Reservation.wait_s``) before it asks again.
+
+After the call, ``settle`` corrects the token charges by the usage that came back. A correction gives
+capacity back only down to the end of the latest call's own charge, so consecutive calls always stay
+their charged cost apart: tokens sent in any interval stay within the limit for that interval plus
+one call, which a provider's token bucket absorbs. The estimate leaves out a system prompt this
+process saw in the provider's prompt cache (cache reads do not count toward input-token limits).
+A 429 or 529 with retry-after pauses the provider and model for every worker (``cool_down``), and so
+does a rate-limit header saying an allowance is spent (``observe``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +67,8 @@ CHARS_PER_TOKEN = 4
 # Roles and separators: real tokenizers count a few tokens per message beyond its text.
 MESSAGE_OVERHEAD_TOKENS = 4
 _US_PER_MINUTE = 60_000_000
+# Anthropic keeps a cached prompt prefix five minutes after its last use.
+PROMPT_CACHE_LIFETIME_S = 300.0
 
 
 def estimate_input_tokens(system: str, messages: Sequence[Message]) -> int:
@@ -152,7 +162,8 @@ class Reservation:
 
     ``granted``: capacity is charged at ``wait_s`` from now; sleep that long, then call the provider
     without asking again. Not granted: nothing is charged; capacity frees in ``wait_s``, and the task
-    should stay away ``defer_s`` (until that is within the horizon) before it asks again.
+    should stay away that long before it asks again (coming back sooner would find the capacity
+    until then taken, and ask again and again).
     ``limited`` is False when no limit applies (nothing was asked of Redis).
     """
 
@@ -160,7 +171,6 @@ class Reservation:
     model: str
     granted: bool
     wait_s: float = 0.0
-    defer_s: float = 0.0
     input_tokens: int = 0
     output_tokens: int = 0
     start_us: int | None = None  # the reserved start on the Redis server's clock
@@ -180,6 +190,7 @@ class RateLimiter:
         self.horizon_s = horizon_s
         self._script = redis.register_script(script("ratelimit"))
         self._charges: dict[tuple[str, str], tuple[_Charge, ...]] = {}
+        self._cached_prompts: dict[tuple[str, str, str], float] = {}
 
     @classmethod
     def from_settings(cls, redis: Redis, settings: Settings) -> RateLimiter:
@@ -206,6 +217,22 @@ class RateLimiter:
     def applies_to(self, provider: str, model: str) -> bool:
         return bool(self.charges(provider, model))
 
+    def estimate_input_tokens(
+        self, provider: str, model: str, system: str, messages: Sequence[Message]
+    ) -> int:
+        """``estimate_input_tokens``, leaving out a system prompt this process saw read from the
+        provider's prompt cache within its lifetime: cache reads do not count toward input-token
+        limits, and charging them would hold calls back for capacity they do not use."""
+        cached = self._cached_prompts.get((provider, model, _digest(system)), 0.0) > time.monotonic()
+        return estimate_input_tokens("" if cached else system, messages)
+
+    def note_prompt_cache(self, provider: str, model: str, system: str, usage: TokenUsage) -> None:
+        """Remember that ``system`` is in the provider's prompt cache when ``usage`` read or wrote it."""
+        if system and (usage.cache_read_tokens or usage.cache_write_tokens):
+            self._cached_prompts[(provider, model, _digest(system))] = (
+                time.monotonic() + PROMPT_CACHE_LIFETIME_S
+            )
+
     async def reserve(self, provider: str, model: str, input_tokens: int, output_tokens: int) -> Reservation:
         """Charge a call of ``input_tokens`` (estimated) and ``output_tokens`` (its max_tokens) if its
         capacity frees within the horizon; see ``Reservation``."""
@@ -224,7 +251,6 @@ class RateLimiter:
             model,
             granted=bool(granted),
             wait_s=wait_s,
-            defer_s=0.0 if granted else max(0.0, wait_s - self.horizon_s),
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             start_us=int(start_us),
@@ -254,7 +280,7 @@ class RateLimiter:
         ]
         corrections = [(key, delta) for key, delta in corrections if delta]
         if corrections:
-            await self._run([key for key, _ in corrections], ["settle", *(delta for _, delta in corrections)])
+            await self._settle(reservation, corrections)
 
     async def release(self, reservation: Reservation) -> None:
         """Give back everything a granted reservation charged: its call will not be made at that time."""
@@ -267,8 +293,7 @@ class RateLimiter:
         }
         charges = self.charges(reservation.provider, reservation.model)
         refunds = [(charge.key, -charge.cost_us(units[charge.dimension])) for charge in charges]
-        refunds = [(key, delta) for key, delta in refunds if delta]
-        await self._run([key for key, _ in refunds], ["settle", *(delta for _, delta in refunds)])
+        await self._settle(reservation, [(key, delta) for key, delta in refunds if delta])
 
     async def cool_down(self, provider: str, model: str, seconds: float) -> None:
         """Pause ``provider``/``model`` for every worker for ``seconds``; a longer pause already set wins."""
@@ -290,8 +315,16 @@ class RateLimiter:
         if seconds:
             await self.cool_down(provider, model, seconds)
 
+    async def _settle(self, reservation: Reservation, corrections: list[tuple[str, int]]) -> None:
+        keys, deltas = [key for key, _ in corrections], [delta for _, delta in corrections]
+        await self._run(keys, ["settle", reservation.start_us or 0, *deltas])
+
     async def _run(self, keys: list[str], args: list[Any]) -> Any:
         return await self._script(keys=keys, args=args)
 
     def __repr__(self) -> str:
         return f"<RateLimiter limits={len(self.limits)} horizon_s={self.horizon_s:g}>"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
