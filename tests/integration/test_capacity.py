@@ -11,6 +11,7 @@ into some rolling second (see the README, "Rate limits, prices").
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -21,6 +22,14 @@ from typing import Any
 
 import httpx
 import pytest
+from redis.asyncio import Redis
+
+from coditect.errors import CapacityDeferred
+from coditect.keys import limit_key
+from coditect.llm.base import LlmRequest, Message
+from coditect.llm.capacity import call_with_capacity
+from coditect.llm.limits import RateLimit, RateLimiter
+from coditect.llm.offline import OfflineLlm
 
 ROOT = Path(__file__).resolve().parents[2]
 FAKE_PROVIDER = ROOT / "tests" / "support" / "fake_provider.py"
@@ -262,3 +271,35 @@ async def test_a_burst_of_429s_pauses_every_process(
     assert 1.9 <= resumed_after_s < 3.0
     assert sum(figures["ok"] for figures in clients) == 120
     assert sum(figures["rate_limited"] for figures in clients) == 3
+
+
+async def test_the_limiter_on_real_redis_in_process(redis_url: str) -> None:
+    """Every script operation on a real redis-server (the unit tests run it on fakeredis)."""
+    redis = Redis.from_url(redis_url)
+    limit = RateLimit("offline", None, requests_per_minute=600, output_tokens_per_minute=6000)
+    rate = RateLimiter(redis, [limit], horizon_s=0.5)  # a call every 0.1 s; 10 ms per output token
+    llm, hello, request, waits = OfflineLlm(), [Message("user", "hi")], LlmRequest(max_tokens=50), []
+    try:
+        first = await call_with_capacity(llm, hello, request, limiter=rate, idle=contextlib.nullcontext)
+        # 50 output tokens reserved, a few used: the call's own charge shrinks to what it used.
+        state = await redis.hgetall(limit_key("output_tokens", "offline", None))
+        await call_with_capacity(
+            llm, hello, request, limiter=rate, idle=contextlib.nullcontext, on_wait=waits.append
+        )
+        granted = 0
+        while (reservation := await rate.reserve("offline", "offline-1", 1, 1)).granted:
+            granted += 1
+        with pytest.raises(CapacityDeferred) as caught:
+            await call_with_capacity(llm, hello, request, limiter=rate, idle=contextlib.nullcontext)
+        await rate.cool_down("offline", "offline-1", 2)
+        left = await rate.cooldown_left("offline", "offline-1")
+    finally:
+        await redis.aclose()
+
+    assert int(state[b"e"]) - int(state[b"s"]) == first.usage.output_tokens * 10_000
+    assert len(waits) == 1
+    assert 0 < waits[0] <= 0.2
+    assert 3 <= granted <= 5  # 0.1 s apart, at most 0.5 s ahead
+    assert 0.5 < reservation.wait_s <= 0.7
+    assert 0.5 < caught.value.delay_s <= 0.8
+    assert 1.5 < left <= 2.0

@@ -57,9 +57,9 @@ async def test_requests_are_spaced_one_emission_interval_apart(redis: Redis) -> 
     reservations = [await rate.reserve(A, MODEL, 10, 10) for _ in range(4)]
 
     assert gaps([r.start_us or 0 for r in reservations]) == [SECOND_US // 2] * 3
-    assert reservations[0].wait_s < 0.05
+    # Waits are from each call's own moment: generous bounds for a loaded machine.
     for index, reservation in enumerate(reservations):
-        assert index * 0.5 - 0.05 < reservation.wait_s <= index * 0.5
+        assert index * 0.5 - 0.25 < reservation.wait_s <= index * 0.5
 
 
 async def test_concurrent_reservations_get_distinct_evenly_spaced_starts(redis: Redis) -> None:
@@ -128,7 +128,7 @@ async def test_beyond_the_horizon_nothing_is_reserved_and_the_task_is_told_when_
     assert [r.granted for r in refused] == [False, False]
     assert [r.start_us for r in refused] == [granted[-1] + SECOND_US] * 2  # the second was not charged
     for reservation in refused:
-        assert 2.9 < reservation.wait_s <= 3.0
+        assert 2.5 < reservation.wait_s <= 3.0
 
 
 async def test_a_cooldown_holds_every_call_until_it_ends(redis: Redis) -> None:
@@ -139,9 +139,9 @@ async def test_a_cooldown_holds_every_call_until_it_ends(redis: Redis) -> None:
     other = await rate.reserve(A, "claude-other", 1, 1)
 
     assert not refused.granted
-    assert 2.9 < refused.wait_s <= 3.0
+    assert 2.5 < refused.wait_s <= 3.0
     assert other.granted  # the pause is for that model only
-    assert other.wait_s < 0.05
+    assert other.wait_s < 0.25
 
 
 async def test_within_the_horizon_a_call_is_reserved_for_the_end_of_the_cooldown(redis: Redis) -> None:
@@ -151,10 +151,10 @@ async def test_within_the_horizon_a_call_is_reserved_for_the_end_of_the_cooldown
     left = await rate.cooldown_left(A, MODEL)
     first, second = [await rate.reserve(A, MODEL, 1, 1) for _ in range(2)]
 
-    assert 2.9 < left <= 3.0
+    assert 2.5 < left <= 3.0
     assert first.granted
     assert second.granted
-    assert 2.9 < first.wait_s <= 3.0
+    assert 2.5 < first.wait_s <= 3.0
     assert (second.start_us or 0) - (first.start_us or 0) == SECOND_US
 
 
@@ -166,12 +166,12 @@ async def test_a_longer_cooldown_wins_over_a_shorter_one(redis: Redis) -> None:
     await rate.cool_down(A, MODEL, 0)
     await rate.cool_down(A, MODEL, float("nan"))
 
-    assert 9.9 < await rate.cooldown_left(A, MODEL) <= 10
-    assert 9_900 < await redis.pttl(cooldown_key(A, MODEL)) <= 10_000
+    assert 9.5 < await rate.cooldown_left(A, MODEL) <= 10
+    assert 9_500 < await redis.pttl(cooldown_key(A, MODEL)) <= 10_000
 
     await rate.cool_down(A, MODEL, 20)
 
-    assert 19.9 < await rate.cooldown_left(A, MODEL) <= 20
+    assert 19.5 < await rate.cooldown_left(A, MODEL) <= 20
 
 
 async def test_settling_less_than_reserved_gives_capacity_back(redis: Redis) -> None:
@@ -253,10 +253,10 @@ async def test_keys_expire_a_grace_period_after_their_time(redis: Redis) -> None
     await rate.reserve(A, MODEL, 1, 1)  # requests: 20 s ahead; output: 11 s ahead (starts at 10 s)
 
     assert (
-        19_900 + LIMIT_GRACE_MS < await redis.pttl(limit_key("requests", A, None)) <= 20_000 + LIMIT_GRACE_MS
+        19_500 + LIMIT_GRACE_MS < await redis.pttl(limit_key("requests", A, None)) <= 20_000 + LIMIT_GRACE_MS
     )
     assert (
-        10_900 + LIMIT_GRACE_MS
+        10_500 + LIMIT_GRACE_MS
         < await redis.pttl(limit_key("output_tokens", A, None))
         <= 11_000 + LIMIT_GRACE_MS
     )
@@ -271,7 +271,7 @@ async def test_an_exhausted_allowance_in_the_headers_pauses_the_model(redis: Red
     assert await rate.cooldown_left(A, MODEL) == 0
 
     await rate.observe(A, MODEL, RateLimitInfo(requests=Allowance(60, 3, 20.0), tokens=Allowance(10, 0, 4.0)))
-    assert 3.9 < await rate.cooldown_left(A, MODEL) <= 4.0
+    assert 3.5 < await rate.cooldown_left(A, MODEL) <= 4.0
 
 
 async def test_without_an_applicable_limit_nothing_touches_redis() -> None:
