@@ -69,6 +69,8 @@ MESSAGE_OVERHEAD_TOKENS = 4
 _US_PER_MINUTE = 60_000_000
 # Anthropic keeps a cached prompt prefix five minutes after its last use.
 PROMPT_CACHE_LIFETIME_S = 300.0
+# Past this many, prompts whose cache lifetime ended are forgotten.
+MAX_REMEMBERED_PROMPTS = 1000
 
 
 def estimate_input_tokens(system: str, messages: Sequence[Message]) -> int:
@@ -198,7 +200,7 @@ class RateLimiter:
         limits = load_limits_file(settings.limits_file) if settings.limits_file is not None else ()
         return cls(redis, limits, horizon_s=settings.rate_limit_horizon_s)
 
-    def charges(self, provider: str, model: str) -> tuple[_Charge, ...]:
+    def _charges_for(self, provider: str, model: str) -> tuple[_Charge, ...]:
         """Every limit and dimension a call to ``provider``/``model`` is charged on."""
         cached = self._charges.get((provider, model))
         if cached is not None:
@@ -215,7 +217,7 @@ class RateLimiter:
         return found
 
     def applies_to(self, provider: str, model: str) -> bool:
-        return bool(self.charges(provider, model))
+        return bool(self._charges_for(provider, model))
 
     def estimate_input_tokens(
         self, provider: str, model: str, system: str, messages: Sequence[Message]
@@ -228,15 +230,17 @@ class RateLimiter:
 
     def note_prompt_cache(self, provider: str, model: str, system: str, usage: TokenUsage) -> None:
         """Remember that ``system`` is in the provider's prompt cache when ``usage`` read or wrote it."""
-        if system and (usage.cache_read_tokens or usage.cache_write_tokens):
-            self._cached_prompts[(provider, model, _digest(system))] = (
-                time.monotonic() + PROMPT_CACHE_LIFETIME_S
-            )
+        if not (system and (usage.cache_read_tokens or usage.cache_write_tokens)):
+            return
+        now = time.monotonic()
+        if len(self._cached_prompts) >= MAX_REMEMBERED_PROMPTS:
+            self._cached_prompts = {key: until for key, until in self._cached_prompts.items() if until > now}
+        self._cached_prompts[(provider, model, _digest(system))] = now + PROMPT_CACHE_LIFETIME_S
 
     async def reserve(self, provider: str, model: str, input_tokens: int, output_tokens: int) -> Reservation:
         """Charge a call of ``input_tokens`` (estimated) and ``output_tokens`` (its max_tokens) if its
         capacity frees within the horizon; see ``Reservation``."""
-        charges = self.charges(provider, model)
+        charges = self._charges_for(provider, model)
         if not charges:
             return Reservation(provider, model, granted=True, limited=False)
         units = {"requests": 1, "input_tokens": input_tokens, "output_tokens": output_tokens}
@@ -275,7 +279,7 @@ class RateLimiter:
                 charge.key,
                 charge.cost_us(actual[charge.dimension]) - charge.cost_us(reserved[charge.dimension]),
             )
-            for charge in self.charges(reservation.provider, reservation.model)
+            for charge in self._charges_for(reservation.provider, reservation.model)
             if charge.dimension != "requests"
         ]
         corrections = [(key, delta) for key, delta in corrections if delta]
@@ -291,9 +295,11 @@ class RateLimiter:
             "input_tokens": reservation.input_tokens,
             "output_tokens": reservation.output_tokens,
         }
-        charges = self.charges(reservation.provider, reservation.model)
+        charges = self._charges_for(reservation.provider, reservation.model)
         refunds = [(charge.key, -charge.cost_us(units[charge.dimension])) for charge in charges]
-        await self._settle(reservation, [(key, delta) for key, delta in refunds if delta])
+        refunds = [(key, delta) for key, delta in refunds if delta]
+        if refunds:
+            await self._settle(reservation, refunds)
 
     async def cool_down(self, provider: str, model: str, seconds: float) -> None:
         """Pause ``provider``/``model`` for every worker for ``seconds``; a longer pause already set wins."""

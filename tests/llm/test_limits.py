@@ -18,7 +18,13 @@ from redis.asyncio import Redis
 
 from coditect.keys import LIMIT_GRACE_MS, cooldown_key, limit_key
 from coditect.llm.base import Allowance, Message, RateLimitInfo
-from coditect.llm.limits import RateLimit, RateLimiter, Reservation, estimate_input_tokens
+from coditect.llm.limits import (
+    MAX_REMEMBERED_PROMPTS,
+    RateLimit,
+    RateLimiter,
+    Reservation,
+    estimate_input_tokens,
+)
 from coditect.models import TokenUsage
 from coditect.settings import Settings
 from tests.support.fake_provider import refused_port
@@ -340,3 +346,17 @@ def test_a_system_prompt_seen_in_the_prompt_cache_is_left_out_of_the_estimate(re
     assert rate.estimate_input_tokens(A, MODEL, "another prompt", messages) == estimate_input_tokens(
         "another prompt", messages
     )
+
+
+def test_remembering_many_prompts_keeps_the_live_ones(redis: Redis) -> None:
+    rate = limiter(redis, RateLimit(A, None, input_tokens_per_minute=6000))
+    cached = TokenUsage(cache_read_tokens=10)
+    messages = [Message("user", "hello")]
+
+    for index in range(MAX_REMEMBERED_PROMPTS + 1):
+        rate.note_prompt_cache(A, MODEL, f"prompt {index}", cached)
+
+    assert rate.estimate_input_tokens(A, MODEL, "prompt 0", messages) == estimate_input_tokens("", messages)
+    assert rate.estimate_input_tokens(
+        A, MODEL, f"prompt {MAX_REMEMBERED_PROMPTS}", messages
+    ) == estimate_input_tokens("", messages)
