@@ -8,17 +8,23 @@ The tree::
     ├── BackendUnavailableError     Redis cannot be reached (names the URL, never its password)
     │   └── RedisOutageError        Redis stayed unreachable past the outage limit (60 s)
     ├── ScriptError                 a legacy agent script exited non-zero (carries its stderr)
-    ├── CapacityDeferred            no provider capacity for a while: the task goes back to the queue
+    ├── CapacityDeferred            no rate-limit capacity soon enough: run again after ``delay_s``
     └── ProviderError               an LLM provider or agent endpoint call failed
         ├── TransientProviderError  worth retrying: 429, 529, 5xx, connection errors, timeouts
         └── PermanentProviderError  retrying cannot help: 400, 401, 403, 404, 422
 
 Provider errors are translated once, at the HTTP boundary of each provider, with ``raise ... from err``.
+``CapacityDeferred`` is not a failure: nothing was sent, and the task goes back to the queue without
+counting an attempt.
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from coditect.llm.base import RateLimitInfo
 
 __all__ = [
     "BackendUnavailableError",
@@ -91,12 +97,18 @@ class ScriptError(CoditectError):
 
 
 class CapacityDeferred(CoditectError):
-    """The provider has no capacity for ``delay_s``: the engine puts the task back in the queue for that
-    long, and the wait does not count as an attempt."""
+    """The shared rate limit has no capacity for this call within the horizon; nothing was sent.
 
-    def __init__(self, delay_s: float, what: str = "") -> None:
-        super().__init__(f"no capacity for {delay_s:.2f} s" + (f": {what}" if what else ""))
+    Run the task again after ``delay_s`` seconds: by then capacity frees within the horizon (unless
+    other workers take it first). Retrying sooner would only ask again.
+    """
+
+    def __init__(self, delay_s: float, *, provider: str = "", model: str = "") -> None:
+        where = f" for {provider}/{model}" if provider else ""
+        super().__init__(f"no rate-limit capacity{where} for {delay_s:.3f} s; run again after it")
         self.delay_s = delay_s
+        self.provider = provider
+        self.model = model
 
 
 class ProviderError(CoditectError):
@@ -127,9 +139,12 @@ class TransientProviderError(ProviderError):
         *,
         status_code: int | None = None,
         retry_after_s: float | None = None,
+        rate_limit: RateLimitInfo | None = None,
     ) -> None:
         super().__init__(provider, message, status_code=status_code)
         self.retry_after_s = retry_after_s
+        # The provider's rate-limit headers on this error, when it sent any (429s usually do).
+        self.rate_limit = rate_limit
 
 
 class PermanentProviderError(ProviderError):

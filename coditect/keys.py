@@ -11,6 +11,10 @@ and read results, and adds keys of its own under ``coditect:``:
   the deadlines, so that claims take a dead worker's jobs first.
 - a **wake-up channel** ``<queue>:wake``: enqueuers publish to it, idle workers listen.
 - a **done list** ``coditect:done:<batch>`` per batch: workers push the id of every finished job.
+- **rate limits** under ``coditect:limit:`` (``coditect.llm.limits``): ``tat:<dimension>:<provider>``
+  (a provider-wide limit) and ``tat:<dimension>:<provider>:<model>`` hold the theoretical arrival time
+  of a limit's next unit (server microseconds); ``cooldown:<provider>:<model>`` the time until which
+  every worker leaves that model alone. Each expires on its own a grace period after its time.
 
 The Lua scripts (``coditect.lua``) get these names from here, so nothing spells a prefix twice.
 Every script runs on a single Redis (not Redis Cluster), as ARQ does.
@@ -45,15 +49,19 @@ __all__ = [
     "JOB_ID_PREFIX",
     "JOB_NAME",
     "JOB_PREFIX",
+    "LIMIT_GRACE_MS",
+    "LIMIT_KEY_PREFIX",
     "RESULT_PREFIX",
     "RETRY_COUNTER_TTL_S",
     "RETRY_PREFIX",
     "WORKERS_KEY",
     "WORKER_CHANNEL_PREFIX",
     "WORKER_KEY_PREFIX",
+    "cooldown_key",
     "done_key",
     "job_id_for",
     "leases_key",
+    "limit_key",
     "split_job_id",
     "wake_channel",
 ]
@@ -79,6 +87,10 @@ BATCH_RUNNING_TTL_MS = 7 * 86_400_000
 DONE_LIST_MIN_TTL_MS = 60_000
 # ... and a result kept forever leaves its done list for a day.
 DONE_LIST_FOREVER_TTL_MS = 86_400_000
+LIMIT_KEY_PREFIX = "coditect:limit:"
+# A rate-limit key outlives the time it holds by this much, so that a call settling its actual usage
+# within a minute of that time still finds it; later, a minute's refill has absorbed any correction.
+LIMIT_GRACE_MS = 60_000
 
 
 def job_id_for(batch_id: str, task_id: str) -> str:
@@ -104,3 +116,17 @@ def wake_channel(queue_name: str) -> str:
 
 def leases_key(queue_name: str) -> str:
     return queue_name + ":leases"
+
+
+def limit_key(dimension: str, provider: str, model: str | None) -> str:
+    """The GCRA state of one limit and dimension; ``model=None`` for a provider-wide limit.
+
+    Provider names have no ``:``; the model comes last, so any model name is unambiguous.
+    """
+    scope = provider if model is None else f"{provider}:{model}"
+    return f"{LIMIT_KEY_PREFIX}tat:{dimension}:{scope}"
+
+
+def cooldown_key(provider: str, model: str) -> str:
+    """Until when every worker leaves ``provider``/``model`` alone (after a 429 or 529)."""
+    return f"{LIMIT_KEY_PREFIX}cooldown:{provider}:{model}"

@@ -74,6 +74,23 @@ class Settings(BaseSettings):
         default="text", description="json: one JSON object per log line, with the job's fields."
     )
 
+    # Capacity, cost and metrics
+    limits_file: Path | None = Field(
+        default=None, description="JSON or TOML rate limits per provider and model, shared by all workers."
+    )
+    rate_limit_horizon_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=300,
+        description="Capacity freeing within this is waited for; a longer wait goes back to the queue.",
+    )
+    prices_file: Path | None = Field(
+        default=None, description="JSON or TOML prices per model, added to or overriding the defaults."
+    )
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65_535, description="Serve Prometheus metrics from workers on this port."
+    )
+
     @property
     def provider(self) -> ProviderChoice:
         """The provider used when an agent names none."""

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from coditect import errors as errors_module
 from coditect.errors import (
     MAX_RETRY_AFTER_S,
     BackendUnavailableError,
+    CapacityDeferred,
     CoditectError,
     ConfigurationError,
     PermanentProviderError,
@@ -195,3 +197,16 @@ def test_plain_errors_str_is_their_message() -> None:
     assert str(BackendUnavailableError("cannot reach redis://127.0.0.1:6390/0")) == (
         "cannot reach redis://127.0.0.1:6390/0"
     )
+
+
+def test_capacity_deferred_says_for_what_and_how_long() -> None:
+    err = CapacityDeferred(2.5, provider="anthropic", model="claude-sonnet-4-5")
+
+    assert isinstance(err, CoditectError)
+    assert not isinstance(err, ProviderError)
+    assert (err.delay_s, err.provider, err.model) == (2.5, "anthropic", "claude-sonnet-4-5")
+    assert (
+        str(err) == "no rate-limit capacity for anthropic/claude-sonnet-4-5 for 2.500 s; run again after it"
+    )
+    assert str(CapacityDeferred(0.25)) == "no rate-limit capacity for 0.250 s; run again after it"
+    assert "CapacityDeferred" in (errors_module.__doc__ or "")

@@ -35,6 +35,10 @@ def test_defaults(settings: Settings) -> None:
     assert settings.openai_api_key is None
     assert settings.agents_file is None
     assert settings.log_format == "text"
+    assert settings.limits_file is None
+    assert settings.prices_file is None
+    assert settings.rate_limit_horizon_s == 5.0
+    assert settings.metrics_port is None
 
 
 ENV_CASES: list[tuple[str, str, str, Any]] = [
@@ -64,6 +68,10 @@ ENV_CASES: list[tuple[str, str, str, Any]] = [
     ("CODITECT_REDIS_TLS_CA_FILE", "/etc/ca.pem", "redis_tls_ca_file", Path("/etc/ca.pem")),
     ("CODITECT_HEALTH_CHECK_INTERVAL_S", "30", "health_check_interval_s", 30),
     ("CODITECT_LOG_FORMAT", "json", "log_format", "json"),
+    ("CODITECT_LIMITS_FILE", "limits.toml", "limits_file", Path("limits.toml")),
+    ("CODITECT_RATE_LIMIT_HORIZON_S", "2.5", "rate_limit_horizon_s", 2.5),
+    ("CODITECT_PRICES_FILE", "prices.json", "prices_file", Path("prices.json")),
+    ("CODITECT_METRICS_PORT", "9464", "metrics_port", 9464),
 ]
 # Read from their own variable names; tested separately below.
 SECRET_FIELDS = {"anthropic_api_key", "openai_api_key"}
@@ -215,6 +223,8 @@ def test_an_empty_anthropic_key_counts_as_no_key(monkeypatch: pytest.MonkeyPatch
         ("CODITECT_USE_DIRECT_LLM", "perhaps", "use_direct_llm"),
         ("CODITECT_QUEUE_NAME", "", "queue_name"),
         ("CODITECT_LOG_FORMAT", "xml", "log_format"),
+        ("CODITECT_RATE_LIMIT_HORIZON_S", "-1", "rate_limit_horizon_s"),
+        ("CODITECT_METRICS_PORT", "70000", "metrics_port"),
     ],
 )
 def test_invalid_value_raises_naming_the_field(

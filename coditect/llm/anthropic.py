@@ -9,10 +9,11 @@ import json
 from collections.abc import Sequence
 
 import anthropic
-from anthropic.types import MessageParam
+from anthropic import Omit
+from anthropic.types import MessageParam, TextBlockParam
 
 from coditect.errors import ConfigurationError, PermanentProviderError
-from coditect.llm.base import BaseLlm, LlmRequest, LlmResponse, Message
+from coditect.llm.base import BaseLlm, LlmRequest, LlmResponse, Message, RateLimitInfo
 from coditect.llm.http_errors import (
     connection_error,
     describe,
@@ -51,6 +52,17 @@ def create_anthropic_client(settings: Settings) -> anthropic.AsyncAnthropic:
     )
 
 
+def _system_param(system: str) -> list[TextBlockParam] | Omit:
+    """A non-empty system prompt as one cacheable block: calls that share it read it from the cache.
+
+    The prompt cache holds a prefix for five minutes after its last use; prompts shorter than the
+    model's minimum cacheable length are simply not cached (no error).
+    """
+    if not system:
+        return anthropic.omit
+    return [{"type": "text", "text": system, "cache_control": {"type": "ephemeral"}}]
+
+
 def _message_param(message: Message) -> MessageParam:
     if message.role == "user":
         return {"role": "user", "content": message.content}
@@ -72,12 +84,14 @@ class AnthropicLlm(BaseLlm):
         request = request or LlmRequest()
         base_url = safe_url(str(self.client.base_url))
         try:
-            reply = await self.client.messages.create(
+            # The raw response keeps the headers: the rate-limit state rides on every answer.
+            raw = await self.client.messages.with_raw_response.create(
                 model=self.model,
                 max_tokens=request.max_tokens,
-                system=request.system or anthropic.omit,
+                system=_system_param(request.system),
                 messages=[_message_param(message) for message in messages],
             )
+            reply = await raw.parse()
         # Exception subclasses only: cancellation (BaseException) passes through untouched.
         except anthropic.APITimeoutError as err:
             raise timeout_error(self.provider, base_url, err.__cause__, self.client.timeout) from err
@@ -95,7 +109,13 @@ class AnthropicLlm(BaseLlm):
             raise PermanentProviderError(self.provider, f"request to {base_url} failed: {detail}") from err
         try:
             text = "".join(block.text for block in reply.content if block.type == "text")
-            usage = TokenUsage(input_tokens=reply.usage.input_tokens, output_tokens=reply.usage.output_tokens)
+            usage = TokenUsage(
+                input_tokens=reply.usage.input_tokens,
+                output_tokens=reply.usage.output_tokens,
+                # Absent or null when the request used no prompt cache.
+                cache_read_tokens=reply.usage.cache_read_input_tokens or 0,
+                cache_write_tokens=reply.usage.cache_creation_input_tokens or 0,
+            )
         except (AttributeError, TypeError, ValueError) as err:
             # Without strict validation the SDK builds models from whatever JSON it got.
             raise malformed_response_error(self.provider, base_url, err) from err
@@ -105,4 +125,5 @@ class AnthropicLlm(BaseLlm):
             model=reply.model or self.model,
             usage=usage,
             stop_reason=reply.stop_reason,
+            rate_limit=RateLimitInfo.from_headers(raw.headers),
         )

@@ -19,6 +19,7 @@ from coditect.errors import (
     TransientProviderError,
     provider_error_for_status,
 )
+from coditect.llm.base import RateLimitInfo
 from coditect.secrets import MASK, Redactor
 
 __all__ = [
@@ -109,9 +110,15 @@ def retry_after_header(headers: Mapping[str, str]) -> str | None:
 def status_error(
     provider: str, status_code: int, body: object, headers: Mapping[str, str], *, secret: str | None
 ) -> ProviderError:
-    """A transient or permanent error for a non-2xx response, by status, with its ``retry-after``."""
+    """A transient or permanent error for a non-2xx response, by status, with its ``retry-after``.
+
+    A transient error also carries the response's rate-limit headers (``rate_limit``) when it has any.
+    """
     message = error_message(status_code, body, secret=secret)
-    return provider_error_for_status(provider, status_code, message, retry_after=retry_after_header(headers))
+    err = provider_error_for_status(provider, status_code, message, retry_after=retry_after_header(headers))
+    if isinstance(err, TransientProviderError):
+        err.rate_limit = RateLimitInfo.from_headers(headers)
+    return err
 
 
 def describe(err: BaseException) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 
 from coditect.errors import PermanentProviderError
-from coditect.llm.base import BaseLlm, LlmRequest, LlmResponse, Message
+from coditect.llm.base import BaseLlm, LlmRequest, LlmResponse, Message, RateLimitInfo
 from coditect.llm.http_errors import (
     connection_error,
     malformed_response_error,
@@ -81,6 +81,9 @@ class OpenAiLlm(BaseLlm):
             choice = data["choices"][0]
             content = choice["message"]["content"]
             usage = data.get("usage") or {}
+            # vLLM and OpenAI report prefix-cache hits inside the prompt count; split them out.
+            cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+            prompt_tokens = usage.get("prompt_tokens") or 0
             model, finish_reason = data.get("model"), choice.get("finish_reason")
             return LlmResponse(
                 # content is null when the model only called tools
@@ -88,10 +91,12 @@ class OpenAiLlm(BaseLlm):
                 provider=self.provider,
                 model=model if isinstance(model, str) and model else self.model,
                 usage=TokenUsage(
-                    input_tokens=usage.get("prompt_tokens") or 0,
+                    input_tokens=prompt_tokens - cached,
                     output_tokens=usage.get("completion_tokens") or 0,
+                    cache_read_tokens=cached,
                 ),
                 stop_reason=finish_reason if isinstance(finish_reason, str) else None,
+                rate_limit=RateLimitInfo.from_headers(response.headers),
             )
         except (ValueError, LookupError, TypeError, AttributeError) as err:
             # ValueError covers invalid JSON and TokenUsage's pydantic ValidationError.

@@ -33,6 +33,7 @@ _NAMES: dict[str, str | int] = {
     "EVENTS_ALL": keys.EVENTS_KEY,
     "WORKER_CHANNEL": keys.WORKER_CHANNEL_PREFIX,
     "RUNNING_TTL_MS": keys.BATCH_RUNNING_TTL_MS,
+    "LIMIT_GRACE_MS": keys.LIMIT_GRACE_MS,
 }
 _INCLUDE = re.compile(r"^-- #include (\w+)$", re.MULTILINE)
 

@@ -17,6 +17,7 @@ from coditect.errors import (
 )
 from coditect.llm.anthropic import DEFAULT_ANTHROPIC_MODEL, AnthropicLlm, create_anthropic_client
 from coditect.llm.base import LlmRequest, Message
+from coditect.models import TokenUsage
 from coditect.settings import Settings
 from tests.support.fake_provider import ANTHROPIC_PATH, FakeProvider, refused_port
 from tests.support.provider_cases import PERMANENT_STATUS_HINTS, assert_key_hidden
@@ -59,8 +60,9 @@ async def test_success_returns_text_usage_and_stop_reason(llm: AnthropicLlm) -> 
         "claude-test",
         "end_turn",
     )
-    # The fake counts ceil(chars / 4) per text, plus 3 per message: 2 + (5+3) + (1+3) + (3+3) in, 5 out.
-    assert (response.usage.input_tokens, response.usage.output_tokens) == (20, 5)
+    # The fake counts ceil(chars / 4) per text, plus 3 per message: 2 + (5+3) + (1+3) + (3+3) in, 5 out;
+    # the system prompt's 2 are a prompt-cache write, not plain input.
+    assert response.usage == TokenUsage(input_tokens=18, output_tokens=5, cache_write_tokens=2)
 
 
 async def test_request_carries_key_as_bearer_and_system_at_top_level(
@@ -78,7 +80,7 @@ async def test_request_carries_key_as_bearer_and_system_at_top_level(
     assert request.body == {
         "model": "claude-test",
         "max_tokens": 77,
-        "system": "be brief",
+        "system": [{"type": "text", "text": "be brief", "cache_control": {"type": "ephemeral"}}],
         "messages": [{"role": "user", "content": "hello world"}],
     }
 
@@ -294,3 +296,106 @@ def test_missing_key_is_a_configuration_error(key: str | None) -> None:
 
     with pytest.raises(ConfigurationError, match="ANTHROPIC_API_KEY"):
         create_anthropic_client(settings)
+
+
+async def test_system_prompt_is_written_to_the_prompt_cache_then_read_from_it(
+    llm: AnthropicLlm, server: FakeProvider
+) -> None:
+    system = "You are a careful reviewer. " * 20  # 560 characters: 140 tokens for the fake
+    request = LlmRequest(system=system, max_tokens=50)
+
+    first = await llm.generate_content_async(HELLO, request)
+    second = await llm.generate_content_async(HELLO, request)
+    other = await llm.generate_content_async(HELLO, LlmRequest(system="another prompt", max_tokens=50))
+
+    assert first.usage == TokenUsage(input_tokens=6, output_tokens=5, cache_write_tokens=140)
+    assert second.usage == TokenUsage(input_tokens=6, output_tokens=5, cache_read_tokens=140)
+    assert other.usage.cache_write_tokens == 4
+    assert other.usage.cache_read_tokens == 0
+    assert [r.body["system"][0]["cache_control"] for r in server.requests] == [{"type": "ephemeral"}] * 3
+
+
+@pytest.mark.parametrize(
+    "cache_fields", [{}, {"cache_creation_input_tokens": None, "cache_read_input_tokens": None}]
+)
+async def test_absent_or_null_cache_counts_are_zero(
+    llm: AnthropicLlm, server: FakeProvider, cache_fields: dict[str, Any]
+) -> None:
+    body = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-test",
+        "content": [{"type": "text", "text": "hi"}],
+        "stop_reason": "end_turn",
+        "usage": {"input_tokens": 7, "output_tokens": 2, **cache_fields},
+    }
+    server.plan(status=200, body=body)
+
+    response = await llm.generate_content_async(HELLO)
+
+    assert response.usage == TokenUsage(input_tokens=7, output_tokens=2)
+
+
+async def test_rate_limit_headers_of_a_success_are_parsed(llm: AnthropicLlm, server: FakeProvider) -> None:
+    await llm.generate_content_async(HELLO)
+
+    response = await llm.generate_content_async(HELLO)
+
+    info = response.rate_limit
+    assert info is not None
+    assert info.requests is not None
+    assert info.input_tokens is not None
+    assert info.output_tokens is not None
+    # The fake's defaults (4,000 requests, 2,000,000 input tokens a minute) less what it served so far.
+    assert (info.requests.limit, info.requests.remaining) == (4000, 3998)
+    assert (info.input_tokens.limit, info.input_tokens.remaining) == (2_000_000, 2_000_000 - 2 * 6)
+    assert info.requests.reset_s is not None
+    assert 0 <= info.requests.reset_s <= 61
+    assert info.tokens is not None
+    assert info.exhausted_for_s() is None
+
+
+async def test_a_429_carries_retry_after_and_the_exhausted_dimension(
+    llm: AnthropicLlm, server: FakeProvider
+) -> None:
+    server.plan(
+        status=429,
+        headers={
+            "retry-after": "7",
+            "anthropic-ratelimit-input-tokens-remaining": "0",
+            "anthropic-ratelimit-input-tokens-reset": "2099-01-01T00:00:00Z",
+        },
+    )
+
+    with pytest.raises(TransientProviderError) as caught:
+        await llm.generate_content_async(HELLO)
+
+    err = caught.value
+    assert (err.status_code, err.retry_after_s) == (429, 7.0)
+    assert err.rate_limit is not None
+    assert err.rate_limit.input_tokens is not None
+    assert err.rate_limit.input_tokens.remaining == 0
+    assert err.rate_limit.exhausted_for_s() == 300.0  # far resets are capped
+
+
+async def test_the_fakes_own_limit_answers_429_with_its_headers() -> None:
+    with FakeProvider(requests_per_minute=60) as server:
+        client = create_anthropic_client(make_settings(server.url, llm_timeout_s=5))
+        try:
+            llm = AnthropicLlm(client, "claude-test")
+            await llm.generate_content_async(HELLO)
+            with pytest.raises(TransientProviderError) as caught:
+                await llm.generate_content_async(HELLO)
+        finally:
+            await client.close()
+
+        served = server.served
+
+    err = caught.value
+    assert (err.status_code, err.retry_after_s) == (429, 1.0)
+    assert "rate limit exceeded (requests per minute)" in str(err)
+    assert err.rate_limit is not None
+    assert err.rate_limit.requests is not None
+    assert err.rate_limit.requests.remaining == 0
+    assert [(s.status, s.rate_limited) for s in served] == [(200, False), (429, True)]

@@ -16,6 +16,7 @@ from coditect.errors import PermanentProviderError, TransientProviderError
 from coditect.llm.base import LlmRequest, Message
 from coditect.llm.factory import LlmFactory
 from coditect.llm.openai import OpenAiLlm
+from coditect.models import TokenUsage
 from coditect.settings import Settings
 from tests.support.fake_provider import OPENAI_PATH, FakeProvider, refused_port
 from tests.support.provider_cases import PERMANENT_STATUS_HINTS, assert_key_hidden
@@ -312,3 +313,41 @@ def test_repr_names_the_model_and_url_but_not_the_key(http: httpx.AsyncClient) -
     llm = OpenAiLlm(http, "m", base_url="http://user:pw@gpu-box:8000/v1/", api_key=KEY)
 
     assert repr(llm) == "<OpenAiLlm model='m' base_url='http://gpu-box:8000/v1'>"
+
+
+async def test_cached_prompt_tokens_are_reported_as_cache_reads(llm: OpenAiLlm, server: FakeProvider) -> None:
+    server.plan(
+        status=200,
+        body={
+            "choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}],
+            "usage": {
+                "prompt_tokens": 120,
+                "completion_tokens": 3,
+                "prompt_tokens_details": {"cached_tokens": 100},
+            },
+        },
+    )
+
+    response = await llm.generate_content_async(HELLO)
+
+    assert response.usage == TokenUsage(input_tokens=20, output_tokens=3, cache_read_tokens=100)
+
+
+async def test_x_ratelimit_headers_are_parsed(llm: OpenAiLlm, server: FakeProvider) -> None:
+    server.plan(
+        status=200,
+        headers={"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1m30s"},
+        body={
+            "choices": [{"message": {"content": "hi"}}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 1},
+        },
+    )
+
+    response = await llm.generate_content_async(HELLO)
+
+    assert response.rate_limit is not None
+    assert response.rate_limit.requests is not None
+    assert response.rate_limit.requests.limit == 4000  # the fake's default, under the planned headers
+    assert response.rate_limit.requests.remaining == 0
+    assert response.rate_limit.exhausted_for_s() == 90.0
+    assert response.usage.cache_read_tokens == 0

@@ -5,6 +5,13 @@ API (``POST /v1/chat/completions``). Each API request takes the next planned res
 when that queue is empty, for any path); with nothing planned it answers success, echoing the last
 user message, with token counts derived from the text and ``latency_s`` of delay.
 
+Like a real provider it can enforce rate limits over short intervals (``requests_per_minute``,
+``input_tokens_per_minute``: see ``fake_limits.ProviderLimits``), answering 429 with ``retry-after`` and
+Anthropic's error JSON; planned responses bypass them. It emulates Anthropic's prompt cache for system
+blocks marked ``cache_control`` (the first request writes, later ones read), and puts rate-limit headers
+(``anthropic-ratelimit-*``, or ``x-ratelimit-*`` on the OpenAI path) on every answer. ``served`` lists
+every API request with its arrival time, status and counted tokens, to measure achieved rates.
+
 In a test (a background thread, independent of any event loop)::
 
     with FakeProvider() as server:
@@ -19,7 +26,8 @@ As a process (for worker subprocesses)::
     python tests/support/fake_provider.py --port 0 --latency-s 0.1  # prints its port, serves until SIGTERM
 
 and script it over HTTP: ``POST /_fake/plan`` with ``plan()``'s keywords as a JSON object,
-``GET /_fake/requests`` for the recorded requests, ``POST /_fake/clear`` to forget plans and requests.
+``GET /_fake/requests`` for the recorded requests, ``GET /_fake/served`` for ``served``,
+``POST /_fake/clear`` to forget plans and requests.
 """
 
 from __future__ import annotations
@@ -29,16 +37,38 @@ import json
 import signal
 import socket
 import struct
+import sys
 import threading
+import time
 from collections import defaultdict, deque
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["ANTHROPIC_PATH", "OPENAI_PATH", "FakeProvider", "Plan", "RecordedRequest", "refused_port"]
+if not __package__:  # run as a script (python tests/support/fake_provider.py): make `tests` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.support.fake_limits import (
+    Admission,
+    PromptCache,
+    ProviderLimits,
+    Served,
+    retry_after_header,
+)
+
+__all__ = [
+    "ANTHROPIC_PATH",
+    "OPENAI_PATH",
+    "FakeProvider",
+    "Plan",
+    "RecordedRequest",
+    "Served",
+    "refused_port",
+]
 
 ANTHROPIC_PATH = "/v1/messages"
 OPENAI_PATH = "/v1/chat/completions"
@@ -103,7 +133,10 @@ def _echo(body: dict[str, Any], system: str) -> tuple[str, int, int, bool]:
     return text, input_tokens, count_tokens(text), truncated
 
 
-def anthropic_reply(body: dict[str, Any], number: int) -> dict[str, Any]:
+def anthropic_reply(
+    body: dict[str, Any], number: int, *, cache_read: int = 0, cache_write: int = 0
+) -> dict[str, Any]:
+    """A Messages API reply; like Anthropic's, ``input_tokens`` excludes the cached prefix."""
     system = _text_of(body.get("system", ""))
     text, input_tokens, output_tokens, truncated = _echo(body, system)
     return {
@@ -114,7 +147,12 @@ def anthropic_reply(body: dict[str, Any], number: int) -> dict[str, Any]:
         "content": [{"type": "text", "text": text}],
         "stop_reason": "max_tokens" if truncated else "end_turn",
         "stop_sequence": None,
-        "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
+        "usage": {
+            "input_tokens": max(0, input_tokens - cache_read - cache_write),
+            "output_tokens": output_tokens,
+            "cache_creation_input_tokens": cache_write,
+            "cache_read_input_tokens": cache_read,
+        },
     }
 
 
@@ -154,11 +192,23 @@ def error_body(path: str, status: int, message: str | None) -> dict[str, Any]:
 class FakeProvider:
     """The server, its plans and its recorded requests. Bound on construction; ``start()`` serves."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, latency_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        latency_s: float = 0.0,
+        requests_per_minute: int | None = None,
+        input_tokens_per_minute: int | None = None,
+        input_token_burst: int | None = None,
+    ) -> None:
         self.latency_s = latency_s
+        self.limits = ProviderLimits(requests_per_minute, input_tokens_per_minute, input_token_burst)
+        self.cache = PromptCache()
         self._lock = threading.Lock()
         self._plans: defaultdict[str | None, deque[Plan]] = defaultdict(deque)
         self._requests: list[RecordedRequest] = []
+        self._served: list[Served] = []
         self._arrived = threading.Condition(self._lock)
         self._stopping = threading.Event()
         self._httpd = _Server((host, port), self)
@@ -193,17 +243,49 @@ class FakeProvider:
                 raise TimeoutError(f"expected {count} request(s), got {len(self._requests)}")
             return list(self._requests)
 
+    @property
+    def served(self) -> list[Served]:
+        """Every API request as it was answered, in arrival order."""
+        with self._lock:
+            return list(self._served)
+
     def clear(self) -> None:
+        """Forget plans, requests, what was served and the prompt cache (not the rate-limit state)."""
         with self._lock:
             self._plans.clear()
             self._requests.clear()
+            self._served.clear()
+        self.cache.clear()
 
-    def _take(self, request: RecordedRequest) -> tuple[Plan, int]:
+    def _take(self, request: RecordedRequest) -> tuple[Plan | None, int]:
+        """The planned response for ``request`` (None: answer as the API would) and its number."""
         with self._lock:
             self._requests.append(request)
             self._arrived.notify_all()
             queue = self._plans[request.path] or self._plans[None]
-            return (queue.popleft() if queue else Plan(delay_s=self.latency_s)), len(self._requests)
+            return (queue.popleft() if queue else None), len(self._requests)
+
+    def _serve(self, served: Served) -> None:
+        with self._lock:
+            self._served.append(served)
+
+    def _reply(self, path: str, body: Any, number: int, now: float) -> tuple[dict[str, Any], int, int, str]:
+        """The API's reply to ``body``, the input tokens it counts toward the limit, its output tokens,
+        and the prompt-cache key it uses ("" for none)."""
+        body = body if isinstance(body, dict) else {}
+        if path == OPENAI_PATH:
+            reply = openai_reply(body, number)
+            usage = reply["usage"]
+            return reply, usage["prompt_tokens"], usage["completion_tokens"], ""
+        prefix = PromptCache.cacheable_prefix(body.get("system"))
+        key = f"{body.get('model', '')}\0{prefix}" if prefix else ""
+        size = count_tokens(prefix) if prefix else 0
+        hit = bool(key) and self.cache.is_cached(key, now)
+        reply = anthropic_reply(body, number, cache_read=size if hit else 0, cache_write=0 if hit else size)
+        usage = reply["usage"]
+        # Like Anthropic: cache reads do not count toward the input-token limit, cache writes do.
+        counted = usage["input_tokens"] + usage["cache_creation_input_tokens"]
+        return reply, counted, usage["output_tokens"], key
 
     def start(self) -> FakeProvider:
         self._thread = threading.Thread(
@@ -274,8 +356,11 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
-        if urlsplit(self.path).path == CONTROL_PREFIX + "requests":
+        route = urlsplit(self.path).path
+        if route == CONTROL_PREFIX + "requests":
             self._send(200, {}, [asdict(r) for r in self.server.fake.requests])
+        elif route == CONTROL_PREFIX + "served":
+            self._send(200, {}, [asdict(s) for s in self.server.fake.served])
         else:
             self._send(404, {}, {"error": {"message": f"no route for GET {self.path}"}})
 
@@ -290,24 +375,57 @@ class _Handler(BaseHTTPRequestHandler):
             self._control(path, body)
             return
         fake = self.server.fake
+        arrived = time.monotonic()
         headers = {name.lower(): value for name, value in self.headers.items()}
-        plan, number = fake._take(RecordedRequest(path, headers, body))
+        client = headers.get("x-fake-client", "")
+        planned, number = fake._take(RecordedRequest(path, headers, body))
+        api = path in (ANTHROPIC_PATH, OPENAI_PATH)
+        if planned is None and api:
+            self._answer(path, body, number, arrived, client)
+            return
+        plan = planned or Plan(delay_s=fake.latency_s)
         if plan.delay_s > 0 and fake._stopping.wait(plan.delay_s):
             self.close_connection = True
             return
         if plan.reset:
             self._reset()
             return
-        if path not in (ANTHROPIC_PATH, OPENAI_PATH):
+        if not api:
             self._send(404, {}, error_body(path, 404, f"no route for POST {path}"))
-        elif plan.status >= 300:
+            return
+        limit_headers = fake.limits.headers(time.monotonic(), openai=path == OPENAI_PATH)
+        fake._serve(Served(arrived, plan.status, client, 0, 0, rate_limited=False))
+        if plan.status >= 300:
             payload = plan.body if plan.body is not None else error_body(path, plan.status, plan.message)
-            self._send(plan.status, plan.headers, payload)
         elif plan.body is not None:
-            self._send(plan.status, plan.headers, plan.body)
+            payload = plan.body
         else:
-            reply = anthropic_reply if path == ANTHROPIC_PATH else openai_reply
-            self._send(plan.status, plan.headers, reply(body if isinstance(body, dict) else {}, number))
+            payload, _, _, cache_key = fake._reply(path, body, number, arrived)
+            if cache_key:
+                fake.cache.use(cache_key, arrived)
+        self._send(plan.status, {**limit_headers, **plan.headers}, payload)
+
+    def _answer(self, path: str, body: Any, number: int, arrived: float, client: str) -> None:
+        """Answer as the API would: admitted by the rate limits, then after ``latency_s``."""
+        fake = self.server.fake
+        reply, counted, output, cache_key = fake._reply(path, body, number, arrived)
+        admission = fake.limits.admit(arrived, counted) if fake.limits.enforced else Admission(True)
+        openai = path == OPENAI_PATH
+        if not admission.admitted:
+            fake._serve(Served(arrived, 429, client, counted, 0, rate_limited=True))
+            headers = fake.limits.headers(arrived, openai=openai, refused=admission)
+            headers["retry-after"] = retry_after_header(admission.retry_after_s)
+            message = f"rate limit exceeded ({admission.exhausted} per minute); retry after the reset"
+            self._send(429, headers, error_body(path, 429, message))
+            return
+        if cache_key:
+            fake.cache.use(cache_key, arrived)
+        fake.limits.record(arrived, counted, output)
+        fake._serve(Served(arrived, 200, client, counted, output, rate_limited=False))
+        if fake.latency_s > 0 and fake._stopping.wait(fake.latency_s):
+            self.close_connection = True
+            return
+        self._send(200, fake.limits.headers(time.monotonic(), openai=openai), reply)
 
     def _control(self, path: str, body: Any) -> None:
         fake = self.server.fake
@@ -358,11 +476,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0: a free port (printed on stdout)")
     parser.add_argument("--latency-s", type=float, default=0.0, help="delay of every successful reply")
+    parser.add_argument("--requests-per-minute", type=int, default=None, help="enforce a request limit")
+    parser.add_argument("--input-tokens-per-minute", type=int, default=None, help="enforce a token limit")
+    parser.add_argument("--input-token-burst", type=int, default=None, help="token bucket capacity")
     args = parser.parse_args(argv)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    with FakeProvider(args.host, args.port, latency_s=args.latency_s) as server:
+    with FakeProvider(
+        args.host,
+        args.port,
+        latency_s=args.latency_s,
+        requests_per_minute=args.requests_per_minute,
+        input_tokens_per_minute=args.input_tokens_per_minute,
+        input_token_burst=args.input_token_burst,
+    ) as server:
         print(server.port, flush=True)
         stop.wait()
 

@@ -1,0 +1,302 @@
+"""call_with_capacity: the real Anthropic provider (SDK against the fake provider) within shared limits
+kept on fakeredis."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager
+
+import fakeredis
+import pytest
+from redis.asyncio import Redis
+
+from coditect.errors import CapacityDeferred, TransientProviderError
+from coditect.keys import limit_key
+from coditect.llm.anthropic import AnthropicLlm, create_anthropic_client
+from coditect.llm.base import LlmRequest, LlmResponse, Message
+from coditect.llm.capacity import call_with_capacity
+from coditect.llm.limits import RateLimit, RateLimiter
+from coditect.llm.offline import OfflineLlm
+from coditect.settings import Settings
+from tests.support.fake_provider import FakeProvider, refused_port
+
+MODEL = "claude-test"
+HELLO = [Message("user", "hello world")]
+REQUEST = LlmRequest(system="be brief", max_tokens=20)
+
+
+class Idle:
+    """The engine's idle context manager, counting how often a task waited under it."""
+
+    def __init__(self, on_enter: Callable[[], Awaitable[None]] | None = None) -> None:
+        self.entered = 0
+        self.on_enter = on_enter
+
+    @asynccontextmanager
+    async def __call__(self) -> AsyncIterator[None]:
+        self.entered += 1
+        if self.on_enter is not None:
+            await self.on_enter()
+        yield
+
+
+@pytest.fixture
+def server() -> Iterator[FakeProvider]:
+    with FakeProvider() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def llm(server: FakeProvider) -> AsyncIterator[AnthropicLlm]:
+    settings = Settings(_env_file=None, anthropic_api_key="sk-test", anthropic_base_url=server.url)  # type: ignore[call-arg]
+    client = create_anthropic_client(settings)
+    try:
+        yield AnthropicLlm(client, MODEL)
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+def fake_redis() -> fakeredis.FakeServer:
+    return fakeredis.FakeServer()
+
+
+@pytest.fixture
+async def redis(fake_redis: fakeredis.FakeServer) -> AsyncIterator[Redis]:
+    client = fakeredis.FakeAsyncRedis(server=fake_redis)
+    yield client
+    await client.aclose()
+
+
+def limiter(redis: Redis, horizon_s: float = 5.0, **per_minute: int) -> RateLimiter:
+    return RateLimiter(redis, [RateLimit("anthropic", MODEL, **per_minute)], horizon_s=horizon_s)
+
+
+async def test_without_a_limiter_the_call_goes_straight_out(llm: AnthropicLlm, server: FakeProvider) -> None:
+    idle = Idle()
+
+    response = await call_with_capacity(llm, HELLO, REQUEST, limiter=None, idle=idle)
+
+    assert response.text == "echo: hello world"
+    assert idle.entered == 0
+    assert len(server.requests) == 1
+
+
+async def test_a_model_without_limits_costs_no_redis_round_trip(llm: AnthropicLlm) -> None:
+    with refused_port() as port:
+        unreachable = Redis(port=port, socket_connect_timeout=0.5)
+        try:
+            rate = RateLimiter(unreachable, [RateLimit("anthropic", "claude-other", requests_per_minute=1)])
+            response = await call_with_capacity(llm, HELLO, REQUEST, limiter=rate, idle=Idle())
+        finally:
+            await unreachable.aclose()
+
+    assert response.text == "echo: hello world"
+
+
+async def test_the_charge_is_corrected_by_the_usage_and_the_cached_prompt_learnt(
+    llm: AnthropicLlm, redis: Redis
+) -> None:
+    # Slow limits, so that the charges outlast the call whatever its speed: 0.1 s per input token,
+    # 1 s per output token.
+    rate = limiter(redis, input_tokens_per_minute=600, output_tokens_per_minute=60)
+    request = LlmRequest(system="x" * 400, max_tokens=20)  # estimated 100 + 3 + 4 = 107 tokens in
+
+    async def charge_us(dimension: str) -> int:
+        state = await redis.hgetall(limit_key(dimension, "anthropic", MODEL))
+        return int(state[b"e"]) - int(state[b"s"])
+
+    response = await call_with_capacity(llm, HELLO, request, limiter=rate, idle=Idle())
+
+    # It wrote the system prompt to the cache: 6 + 100 input tokens count; 5 of its 20 output tokens.
+    assert (response.usage.input_tokens, response.usage.cache_write_tokens, response.usage.output_tokens) == (
+        6,
+        100,
+        5,
+    )
+    assert await charge_us("input_tokens") == 106 * 100_000
+    assert await charge_us("output_tokens") == 5 * 1_000_000
+    # The next call's estimate leaves the cached prompt out: cache reads do not count.
+    assert rate.estimate_input_tokens("anthropic", MODEL, request.system, HELLO) == 3 + 4
+
+
+async def test_capacity_within_the_horizon_is_waited_for_idle(
+    llm: AnthropicLlm, redis: Redis, server: FakeProvider
+) -> None:
+    rate = limiter(redis, requests_per_minute=300)  # 0.2 s apart
+    idle, waits = Idle(), []
+
+    started = time.monotonic()
+    await call_with_capacity(llm, HELLO, REQUEST, limiter=rate, idle=idle, on_wait=waits.append)
+    await call_with_capacity(llm, HELLO, REQUEST, limiter=rate, idle=idle, on_wait=waits.append)
+    elapsed = time.monotonic() - started
+
+    assert idle.entered == 1
+    assert len(waits) == 1
+    assert 0 < waits[0] <= 0.25  # 0.2 s after the first call's start, less the time that call took
+    assert elapsed >= 0.19
+    gap = server.served[1].at - server.served[0].at
+    assert gap >= 0.19
+
+
+async def test_capacity_beyond_the_horizon_defers_the_task_and_sends_nothing(
+    llm: AnthropicLlm, redis: Redis, server: FakeProvider
+) -> None:
+    rate = limiter(redis, horizon_s=1.0, requests_per_minute=20)  # 3 s apart
+    await call_with_capacity(llm, HELLO, REQUEST, limiter=rate, idle=Idle())
+
+    with pytest.raises(CapacityDeferred) as caught:
+        await call_with_capacity(llm, HELLO, REQUEST, limiter=rate, idle=Idle())
+
+    assert 2.0 < caught.value.delay_s <= 3.0  # when the capacity frees: 3 s after the first call
+    assert (caught.value.provider, caught.value.model) == ("anthropic", MODEL)
+    assert "no rate-limit capacity for anthropic/claude-test" in str(caught.value)
+    assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize(("status", "paused"), [(429, True), (529, True), (500, False), (503, False)])
+async def test_a_429_or_529_with_retry_after_pauses_the_model_for_everyone(
+    llm: AnthropicLlm, redis: Redis, server: FakeProvider, status: int, paused: bool
+) -> None:
+    rate = limiter(redis, requests_per_minute=6000)
+    server.plan(status=status, headers={"retry-after": "3"})
+
+    with pytest.raises(TransientProviderError) as caught:
+        await call_with_capacity(llm, HELLO, REQUEST, limiter=rate, idle=Idle())
+
+    assert caught.value.status_code == status
+    left = await rate.cooldown_left("anthropic", MODEL)
+    if paused:
+        assert 2.5 < left <= 3.0
+    else:
+        assert left == 0
+
+
+async def test_a_429_without_retry_after_pauses_by_its_rate_limit_headers(
+    llm: AnthropicLlm, redis: Redis, server: FakeProvider
+) -> None:
+    rate = limiter(redis, requests_per_minute=6000)
+    server.plan(status=429)
+
+    with pytest.raises(TransientProviderError):
+        await call_with_capacity(llm, HELLO, REQUEST, limiter=rate, idle=Idle())
+    assert await rate.cooldown_left("anthropic", MODEL) == 0
+
+    reset = "2099-01-01T00:00:00Z"  # far away: capped at 300 s
+    server.plan(
+        status=429,
+        headers={"anthropic-ratelimit-requests-remaining": "0", "anthropic-ratelimit-requests-reset": reset},
+    )
+    with pytest.raises(TransientProviderError):
+        await call_with_capacity(llm, HELLO, REQUEST, limiter=rate, idle=Idle())
+    assert 295 < await rate.cooldown_left("anthropic", MODEL) <= 300
+
+
+async def test_a_success_saying_an_allowance_is_spent_pauses_the_model(
+    llm: AnthropicLlm, redis: Redis, server: FakeProvider
+) -> None:
+    rate = limiter(redis, requests_per_minute=6000)
+    soon = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 30))
+    server.plan(
+        headers={
+            "anthropic-ratelimit-output-tokens-remaining": "0",
+            "anthropic-ratelimit-output-tokens-reset": soon,
+        }
+    )
+
+    response = await call_with_capacity(llm, HELLO, REQUEST, limiter=rate, idle=Idle())
+
+    assert response.text == "echo: hello world"
+    assert 25 < await rate.cooldown_left("anthropic", MODEL) <= 31
+
+
+async def test_a_pause_that_starts_while_a_task_waits_sends_it_after_the_pause(
+    llm: AnthropicLlm, redis: Redis, server: FakeProvider
+) -> None:
+    rate = limiter(redis, requests_per_minute=300)  # 0.2 s apart
+    paused_at: list[float] = []
+
+    async def pause_once() -> None:
+        if not paused_at:
+            paused_at.append(time.monotonic())
+            await rate.cool_down("anthropic", MODEL, 0.5)
+
+    idle, waits = Idle(on_enter=pause_once), []
+    await rate.reserve("anthropic", MODEL, 1, 1)  # another worker's call: this one waits 0.2 s
+
+    await call_with_capacity(llm, HELLO, REQUEST, limiter=rate, idle=idle, on_wait=waits.append)
+
+    assert idle.entered == 2  # waited for its slot, found the pause, gave the slot back, waited again
+    assert 0.45 < sum(waits) < 1.5
+    [served] = server.served
+    assert served.at - paused_at[0] >= 0.49  # the fake provider runs on this process's monotonic clock
+
+
+async def test_a_redis_failure_after_the_call_keeps_the_answer(
+    fake_redis: fakeredis.FakeServer, redis: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Disconnecting(OfflineLlm):
+        async def generate_content_async(
+            self, messages: Sequence[Message], request: LlmRequest | None = None
+        ) -> LlmResponse:
+            fake_redis.connected = False
+            return await super().generate_content_async(messages, request)
+
+    rate = RateLimiter(redis, [RateLimit("offline", None, input_tokens_per_minute=600)])
+
+    with caplog.at_level(logging.WARNING, logger="coditect.llm.capacity"):
+        response = await call_with_capacity(Disconnecting(), HELLO, REQUEST, limiter=rate, idle=Idle())
+
+    assert response.text.startswith("[offline offline-1")
+    assert "rate limit: could not record offline/offline-1 usage" in caplog.text
+
+
+async def test_a_redis_failure_after_a_429_keeps_the_providers_error(
+    fake_redis: fakeredis.FakeServer,
+    redis: Redis,
+    server: FakeProvider,
+    llm: AnthropicLlm,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Disconnecting(AnthropicLlm):
+        async def generate_content_async(
+            self, messages: Sequence[Message], request: LlmRequest | None = None
+        ) -> LlmResponse:
+            fake_redis.connected = False
+            return await super().generate_content_async(messages, request)
+
+    rate = limiter(redis, requests_per_minute=6000)
+    server.plan(status=429, headers={"retry-after": "3"})
+
+    with (
+        caplog.at_level(logging.WARNING, logger="coditect.llm.capacity"),
+        pytest.raises(TransientProviderError) as caught,
+    ):
+        await call_with_capacity(Disconnecting(llm.client, MODEL), HELLO, REQUEST, limiter=rate, idle=Idle())
+
+    assert caught.value.status_code == 429
+    assert "rate limit: could not pause anthropic/claude-test" in caplog.text
+
+
+async def test_cancelling_a_waiting_task_sends_nothing(
+    llm: AnthropicLlm, redis: Redis, server: FakeProvider
+) -> None:
+    rate = limiter(redis, requests_per_minute=12)  # 5 s apart
+    await call_with_capacity(llm, HELLO, REQUEST, limiter=rate, idle=Idle())
+    entered = asyncio.Event()
+
+    async def signal() -> None:
+        entered.set()
+
+    task = asyncio.create_task(
+        call_with_capacity(llm, HELLO, REQUEST, limiter=rate, idle=Idle(on_enter=signal))
+    )
+    await entered.wait()
+    task.cancel()
+
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(server.requests) == 1
