@@ -20,6 +20,7 @@ coditect's engine, queue, serializer and job (``coditect.engine.create.WorkerSet
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
@@ -61,6 +62,7 @@ EXECUTOR_KEY = "coditect_executor"
 EMBEDDED_KEY = "coditect_embedded"
 AGENTS_KEY = "coditect_agents"
 WORKER_KEY = "coditect_worker"
+SCHEDULER_KEY = "coditect_scheduler"
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -78,7 +80,9 @@ async def startup(ctx: dict[str, Any]) -> None:
     executor.llm_factory.create(settings.provider)  # open the default provider's client now: fail early
     ctx[EXECUTOR_KEY] = executor
     if not ctx.get(EMBEDDED_KEY):
-        ensure_worker_logging()  # after the SDK import, which may add handlers of its own
+        ensure_worker_logging(settings)  # after the SDK import, which may add handlers of its own
+        if settings.schedule_file is not None:
+            ctx[SCHEDULER_KEY] = _start_scheduler(ctx, settings, agents)
     logger.info(
         "coditect worker ready: queue %s, provider %s, max_jobs %d",
         settings.queue_name,
@@ -87,7 +91,29 @@ async def startup(ctx: dict[str, Any]) -> None:
     )
 
 
+def _start_scheduler(ctx: dict[str, Any], settings: Settings, agents: AgentRegistry) -> asyncio.Task[None]:
+    """This worker's part in the scheduled batches (every worker with the setting takes part)."""
+    from coditect.client.batches import BatchStore
+    from coditect.engine.schedule import Scheduler, load_schedules
+
+    assert settings.schedule_file is not None
+    schedules = load_schedules(settings.schedule_file, agents)  # a bad file stops the worker at start
+    store = BatchStore(
+        ctx["redis"],
+        queue_name=settings.queue_name,
+        keep_result_s=settings.keep_result_s,
+        events_max_len=settings.events_max_len,
+    )
+    names = ", ".join(entry.schedule.name for entry in schedules)
+    logger.info("schedules from %s: %s", settings.schedule_file, names or "none")
+    return asyncio.create_task(Scheduler(store, schedules).run(), name="coditect-scheduler")
+
+
 async def shutdown(ctx: dict[str, Any]) -> None:
+    scheduler: asyncio.Task[None] | None = ctx.pop(SCHEDULER_KEY, None)
+    if scheduler is not None:
+        scheduler.cancel()
+        await asyncio.gather(scheduler, return_exceptions=True)
     executor: TaskExecutor | None = ctx.pop(EXECUTOR_KEY, None)
     if executor is not None:
         await executor.aclose()

@@ -54,6 +54,7 @@ __all__ = [
     "RESULT_PREFIX",
     "RETRY_COUNTER_TTL_S",
     "RETRY_PREFIX",
+    "SCHEDULES_KEY",
     "WORKERS_KEY",
     "WORKER_CHANNEL_PREFIX",
     "WORKER_KEY_PREFIX",
@@ -78,6 +79,8 @@ WORKER_CHANNEL_PREFIX = "coditect:worker:"
 WORKERS_KEY = "coditect:workers"
 WORKER_KEY_PREFIX = "coditect:worker:"
 DEAD_LETTERS_KEY = "coditect:dead-letters"
+# Schedule name -> the id of the last batch a tick of it submitted.
+SCHEDULES_KEY = "coditect:schedules"
 DONE_KEY_PREFIX = "coditect:done:"
 JOB_ID_PREFIX = "coditect:"
 # A batch's keys live this long while it runs (a worker refreshes them), and CODITECT_KEEP_RESULT_S

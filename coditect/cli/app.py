@@ -142,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit", type=_positive_int, default=50, metavar="N", help="at most N (default 50)"
     )
 
+    schedule = command("schedule", workers.cmd_schedule, "list the scheduled batches and their next run")
+    redis_url(schedule)
+    as_json(schedule, "a JSON array of schedules")
+
     dead = command("dead-letters", workers.cmd_dead_letters, "list queue entries set aside as unusable")
     redis_url(dead)
     as_json(dead, "a JSON array of entries")

@@ -188,6 +188,7 @@ class BatchStore:
         *,
         fields: dict[str, str | int | float] | None = None,
         recreate: bool = False,
+        atomic: bool = False,
     ) -> Submitted:
         """Record the batch and enqueue the tasks without unmet dependencies; workers do the rest.
 
@@ -196,6 +197,7 @@ class BatchStore:
         is sent in chunks so that its first tasks start while the rest are sent (the caller cancels
         the batch if a later chunk fails). ``created`` is False when the batch id exists already:
         then nothing is written. ``recreate`` writes a batch that Redis lost, over what is left of it.
+        ``atomic`` sends any batch in one call (a scheduled batch: each tick is all or nothing).
         """
         flat: list[str | int | float] = ["total", len(tasks)]
         for name, value in (fields or {}).items():
@@ -203,7 +205,8 @@ class BatchStore:
         meta = json.dumps(flat)
         rows = [(task.id, task.model_dump_json(), " ".join(task.depends_on)) for task in tasks]
         size = sum(len(row[1]) for row in rows)
-        chunk = len(rows) if len(rows) <= ATOMIC_TASKS and size <= ATOMIC_BYTES else CHUNK
+        one_call = atomic or (len(rows) <= ATOMIC_TASKS and size <= ATOMIC_BYTES)
+        chunk = len(rows) if one_call else CHUNK
         first = True
         added, last_event = 0, ""
         for start in range(0, max(len(rows), 1), max(chunk, 1)):
