@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from arq.connections import log_redis_info
+from arq.utils import timestamp_ms
 from arq.worker import Worker
 from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
@@ -256,7 +257,9 @@ class CoditectWorker(Worker):
         rows = await self._claim(
             keys=[self.queue_name, leases_key(self.queue_name)],
             args=[
-                now_ms(),
+                # ARQ's clock, which rounds: a job enqueued "now" by an ARQ client (its score rounded
+                # up to the next ms) is due to a claim that follows it within the same millisecond.
+                timestamp_ms(),
                 self._lease_ms,
                 limit,
                 self.token,
