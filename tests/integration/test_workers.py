@@ -15,6 +15,7 @@ from arq import create_pool
 from coditect.client.orchestrator import ProjectOrchestrator
 from coditect.connections import redis_settings_from
 from coditect.jobs import JOB_NAME, job_deserializer, job_serializer
+from coditect.keys import job_id_for
 from coditect.models import AgentTask, ExecutionStatus
 from coditect.settings import Settings
 
@@ -66,10 +67,10 @@ async def test_tasks_submitted_from_another_process_are_read_back(
     assert submit.returncode == 0, err.decode()
     assert json.loads(out) == {"batch_id": "remote-1"}
     async with ProjectOrchestrator(real_settings) as orch:
-        results = await orch.wait("remote-1", ["a", "b"])
+        results = await orch.wait("remote-1")
         listed = await orch.results("remote-1")
-    assert {task_id: r.status for task_id, r in results.items()} == {"a": "success", "b": "success"}
-    assert [(r.task_id, r.output) for r in listed] == [("a", results["a"].output), ("b", results["b"].output)]
+    assert [(r.task_id, r.status) for r in results] == [("a", "success"), ("b", "success")]
+    assert [(r.task_id, r.output) for r in listed] == [(r.task_id, r.output) for r in results]
 
 
 async def test_the_same_task_enqueued_twice_runs_once(
@@ -93,10 +94,16 @@ async def test_the_same_task_enqueued_twice_runs_once(
     batch = tasks(3, prefix="c", agent="counter")
     async with ProjectOrchestrator(settings) as orch:
         await orch.submit(batch, batch_id="twice")
-        assert await orch.store.enqueue("twice", batch) == 0  # queued or running: refused
-        results = await orch.wait("twice", [t.id for t in batch])
-        assert await orch.store.enqueue("twice", batch) == 0  # finished, result kept: refused
-    assert all(r.succeeded for r in results.values())
+        assert not (await orch.store.submit("twice", batch)).created  # queued or running: refused
+        results = await orch.wait("twice")
+        assert not (await orch.store.submit("twice", batch)).created  # finished, kept: refused
+        for task in batch:  # and a plain ARQ enqueue of a finished task's job id is refused too
+            job_id = job_id_for("twice", task.id)
+            job = await orch.redis.enqueue_job(
+                JOB_NAME, "{}", _job_id=job_id, _queue_name=settings.queue_name
+            )
+            assert job is None
+    assert all(r.succeeded for r in results)
     assert sorted(ledger.read_text().split()) == ["c0", "c1", "c2"]
 
 
