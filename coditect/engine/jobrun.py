@@ -18,9 +18,9 @@ import arq.worker
 from arq.cron import CronJob
 from arq.jobs import serialize_result
 from arq.utils import args_to_string, ms_to_datetime, truncate
+from arq.utils import timestamp_ms as _now_ms  # ARQ's clock (it rounds), as the enqueue time it records
 from arq.worker import Function, JobExecutionFailed, Retry, RetryJob
 
-from coditect.clock import now_ms as _now_ms
 from coditect.engine.claims import dead_letter
 from coditect.engine.context import JOB_RUN_KEY, JobRun
 from coditect.engine.flusher import FinishRecord

@@ -8,10 +8,12 @@ import json
 import logging
 import pickle
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import arq.utils
 import pytest
 from arq.connections import ArqRedis
 from arq.cron import cron
@@ -535,6 +537,34 @@ async def test_arqs_job_log_lines_at_arqs_levels(
     assert failure.exc_info is not None
     assert failure.exc_info[0].__name__ == "ErrorWithExtra"
     assert getattr(failure, "extra", None) == {"order": "o-17"}
+
+
+async def test_a_jobs_times_are_on_arqs_clock_so_a_prompt_start_is_never_negative(
+    pool: ArqRedis,
+    probe: Probe,
+    backend: FakeBackend,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    caplog.set_level(logging.INFO, logger="arq.worker")
+    frozen = 1_700_000_000.0006  # ARQ rounds this up to ...001 ms; a floor would say ...000
+    monkeypatch.setattr(time, "time", lambda: frozen)
+    monkeypatch.setattr(arq.utils, "time", lambda: frozen)
+    await pool.enqueue_job("echo", _job_id="j1")
+    worker = CoditectWorker(
+        [func(echo, name="echo")], redis_pool=backend.pool(track=False), queue_name=QUEUE,
+        handle_signals=False, ctx={"probe": probe},
+    )  # fmt: skip
+    try:
+        await worker._poll_iteration()
+        await result_of(pool, "j1")
+    finally:
+        await worker.close()
+
+    starts = [r.getMessage() for r in caplog.records if "→ j1:echo" in r.getMessage()]
+    assert starts == ["  0.00s → j1:echo()"]
+    info = await result_info(pool, "j1")
+    assert info.enqueue_time <= info.start_time <= info.finish_time
 
 
 async def test_a_job_over_max_tries_is_logged_as_arq_does(
