@@ -159,7 +159,9 @@ class JobRunner:
                 "%6.2fs ! %s max retries %d exceeded", _since(job.enqueued_ms), job.ref, max_tries
             )
             error = JobExecutionFailed(f"max {max_tries} retries exceeded")
-            return self._failed(claim, name, error, job=job)
+            # The result counts the tries that ran (a task's attempts), not this claim, which runs
+            # nothing; ARQ's own record would say one more.
+            return self._failed(claim, name, error, job=job, job_try=claim.job_try - 1)
         return job
 
     def _context(self, job: _Job, slot: Slot) -> dict[str, Any]:

@@ -204,10 +204,10 @@ async def test_a_job_over_max_tries_fails_without_running_again(
 
     assert (error.error_type, error.message) == ("JobExecutionFailed", f"max {max_tries} retries exceeded")
     assert probe.calls == [("j1", t) for t in range(1, max_tries + 1)]
-    # As ARQ: the result records the try that found the tries used up (and ran nothing).
-    assert (await result_info(pool, "j1")).job_try == max_tries + 1
+    # The claim that found the tries used up ran nothing: the result counts the tries that ran.
+    assert (await result_info(pool, "j1")).job_try == max_tries
     result = result_from_arq(await pool.get("arq:result:j1"), "j1")
-    assert result.status is ExecutionStatus.FAILED
+    assert (result.status, result.attempts) == (ExecutionStatus.FAILED, max_tries)
 
 
 async def test_a_job_over_its_timeout_records_a_timeout_error(
