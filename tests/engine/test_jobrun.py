@@ -23,6 +23,7 @@ from coditect.client.batches import BatchStore
 from coditect.engine.context import JOB_RUN_KEY, JobRun
 from coditect.engine.jobrun import batch_info
 from coditect.engine.worker import CoditectWorker
+from coditect.errors import CapacityDeferred
 from coditect.keys import DEAD_LETTERS_KEY, job_id_for
 from coditect.models import AgentTask, ExecutionStatus
 from coditect.results import result_from_arq
@@ -245,6 +246,29 @@ async def test_without_retry_jobs_a_retry_or_cancellation_fails_the_job_once(
     assert await pool.zscore(QUEUE, "j1") is None
 
 
+async def test_a_job_without_provider_capacity_goes_back_and_the_wait_is_not_a_try(
+    pool: ArqRedis, probe: Probe, backend: FakeBackend
+) -> None:
+    async def deferred_once(ctx: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
+        probe.record(ctx)
+        if len(probe.calls) == 1:
+            raise CapacityDeferred(0.05, "rate limit")
+        return {"task_id": task["id"], "status": "success", "attempts": ctx["job_try"]}
+
+    worker = backend.worker([func(deferred_once, name="execute_task")])
+    store = BatchStore(pool, queue_name=QUEUE, keep_result_s=60)
+    await store.submit("b1", [AgentTask(id="t1", title="waits for capacity")])
+
+    result = await result_of(pool, job_id_for("b1", "t1"))
+
+    assert result["attempts"] == 1, "the deferred start did not count"
+    assert [job_try for _, job_try in probe.calls] == [1, 1]
+    assert probe.starts_ms[job_id_for("b1", "t1")][1] - probe.starts_ms[job_id_for("b1", "t1")][0] >= 49
+    assert (worker.jobs_retried, worker.jobs_complete) == (1, 1)
+    events = [fields[b"type"] for _, fields in await pool.xrange("coditect:events:b1")]
+    assert events.count(b"task.queued") == 2
+
+
 # -- abort ----------------------------------------------------------------------------------------
 
 
@@ -287,6 +311,30 @@ async def test_a_job_aborted_before_it_starts_fails_without_running(
 
     assert probe.calls == []
     assert await pool.zcard("arq:abort") == 0
+
+
+async def test_a_running_task_of_a_cancelled_batch_ends_with_the_batchs_reason(
+    pool: ArqRedis, probe: Probe, backend: FakeBackend
+) -> None:
+    async def held_task(ctx: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
+        probe.record(ctx)
+        await asyncio.Event().wait()
+        return {}
+
+    worker = backend.worker([func(held_task, name="execute_task")])
+    store = BatchStore(pool, queue_name=QUEUE, keep_result_s=60)
+    await store.submit("b1", [AgentTask(id="t1", title="runs", agent="writer")])
+    await probe.wait_started(job_id_for("b1", "t1"))
+
+    assert await store.cancel("b1", reason="cancelled by user") == (0, 0, 1)
+
+    result = await result_of(pool, job_id_for("b1", "t1"))
+    assert result == {
+        "task_id": "t1", "status": "cancelled", "output": "", "error": "cancelled by user",
+        "agent": "writer", "attempts": 1,
+    }  # fmt: skip
+    assert await store.states("b1") == {"t1": ExecutionStatus.CANCELLED}
+    assert worker.jobs_failed == 1
 
 
 async def test_without_allow_abort_jobs_a_job_in_the_abort_set_runs(
