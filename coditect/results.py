@@ -4,8 +4,6 @@ A record is what a worker wrote when a job ended (coditect's task job returns an
 as a dict; any other outcome is an exception, written as ``{"__error__": ..., "message": ...}``), or
 what a script wrote for a task that ended without running (cancelled, timed out, a failed
 dependency). Both sides read them: the client for ``results``, the engine for delegated children.
-``attempts`` counts the starts that ran the task: ARQ also counts the start that found a job past
-``max_tries`` (and ran nothing), which is left out here.
 """
 
 from __future__ import annotations
@@ -43,8 +41,6 @@ def result_from_arq(raw: bytes, job_id: str) -> ExecutionResult:
                 attempts=tries,
             )
     status = ExecutionStatus.FAILED
-    if _past_max_tries(value):
-        tries -= 1  # ARQ records the start that found the limit passed; it ran nothing
     if isinstance(value, RemoteJobError) and value.error_type == "TimeoutError":
         status = ExecutionStatus.TIMEOUT
     elif isinstance(value, asyncio.CancelledError):
@@ -58,15 +54,6 @@ def result_from_arq(raw: bytes, job_id: str) -> ExecutionResult:
         started_at=_from_ms(started),
         finished_at=_from_ms(finished),
         duration_s=max(0.0, (finished - started) / 1000) if started and finished else 0.0,
-    )
-
-
-def _past_max_tries(value: Any) -> bool:
-    return (
-        isinstance(value, RemoteJobError)
-        and value.error_type == "JobExecutionFailed"
-        and value.message.startswith("max ")
-        and value.message.endswith(" retries exceeded")
     )
 
 

@@ -14,6 +14,9 @@ import coditect.secrets
 from coditect.settings import Settings
 from tests.support.fake_backend import FakeBackend
 
+# ARQ's own test suite's conftest, used by scripts/arq-reference only (tests/integration runs it).
+collect_ignore = ["arq_reference"]
+
 
 @pytest.fixture(autouse=True)
 def clean_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:

@@ -18,9 +18,9 @@ import arq.worker
 from arq.cron import CronJob
 from arq.jobs import serialize_result
 from arq.utils import args_to_string, ms_to_datetime, truncate
+from arq.utils import timestamp_ms as _now_ms  # ARQ's clock (it rounds), as the enqueue time it records
 from arq.worker import Function, JobExecutionFailed, Retry, RetryJob
 
-from coditect.clock import now_ms as _now_ms
 from coditect.engine.claims import dead_letter
 from coditect.engine.context import JOB_RUN_KEY, JobRun
 from coditect.engine.flusher import FinishRecord
@@ -159,7 +159,9 @@ class JobRunner:
                 "%6.2fs ! %s max retries %d exceeded", _since(job.enqueued_ms), job.ref, max_tries
             )
             error = JobExecutionFailed(f"max {max_tries} retries exceeded")
-            return self._failed(claim, name, error, job=job, attempts=max_tries)
+            # The result counts the tries that ran (a task's attempts), not this claim, which runs
+            # nothing; ARQ's own record would say one more.
+            return self._failed(claim, name, error, job=job, job_try=claim.job_try - 1)
         return job
 
     def _context(self, job: _Job, slot: Slot) -> dict[str, Any]:
@@ -310,15 +312,14 @@ class JobRunner:
         *,
         job: _Job | None = None,
         start_ms: int | None = None,
-        attempts: int | None = None,
+        job_try: int | None = None,
     ) -> FinishRecord:
-        """A job that ends without running (ARQ's ``finish_failed_job``: the worker's keep_result).
-        ``attempts``: the starts that ran it, when not every counted start did (max tries passed)."""
+        """A job that ends without running (ARQ's ``finish_failed_job``: the worker's keep_result)."""
         self.worker.jobs_failed += 1
         args, kwargs, enqueued_ms = (job.args, job.kwargs, job.enqueued_ms) if job else ((), {}, 0)
         return self._record(
             claim, name, args, kwargs, enqueued_ms, False, error, start_ms or _now_ms(), None,
-            job_try=None, attempts=attempts, ref=f"{claim.job_id}:{name}",
+            job_try=job_try, ref=f"{claim.job_id}:{name}",
         )  # fmt: skip
 
     def _record(
@@ -335,7 +336,6 @@ class JobRunner:
         *,
         job_try: int | None,
         ref: str,
-        attempts: int | None = None,
     ) -> FinishRecord:
         worker = self.worker
         keep_forever, keep_s = worker.keep_result_forever, worker.keep_result_s
@@ -354,7 +354,7 @@ class JobRunner:
         ttl_ms = -1 if keep_forever else int(keep_s * 1000)
         info = ""
         if split_job_id(claim.job_id) is not None:
-            info = _info_for(success, result, tries if attempts is None else attempts)
+            info = _info_for(success, result, tries)
         return FinishRecord(
             "done", claim.job_id, payload, ttl_ms if payload else 0, self._keep_in_progress_ms(function), info
         )
