@@ -28,9 +28,10 @@ from tests.support.fake_backend import FakeBackend
 
 
 @pytest.fixture
-def reload_after() -> Iterator[None]:
+def reload_after(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Reload arq_compat with the real ARQ version after the test (which reloads it with another)."""
     yield
+    monkeypatch.undo()  # the real version back first, whatever order pytest tears fixtures down in
     importlib.reload(arq_compat)
 
 

@@ -252,7 +252,7 @@ async def test_a_job_without_provider_capacity_goes_back_and_the_wait_is_not_a_t
     async def deferred_once(ctx: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
         probe.record(ctx)
         if len(probe.calls) == 1:
-            raise CapacityDeferred(0.05, "rate limit")
+            raise CapacityDeferred(0.05)
         return {"task_id": task["id"], "status": "success", "attempts": ctx["job_try"]}
 
     worker = backend.worker([func(deferred_once, name="execute_task")])

@@ -20,6 +20,10 @@ from tests.support.fake_backend import QUEUE
 AGENTS = AgentRegistry()
 
 
+def at(day: int, hour: int, minute: int, second: int, *, month: int = 11) -> datetime:
+    return datetime(2026, month, day, hour, minute, second, tzinfo=UTC)
+
+
 def write(path: Path, data: Any) -> Path:
     path.write_text(json.dumps(data))
     return path
@@ -28,9 +32,9 @@ def write(path: Path, data: Any) -> Path:
 @pytest.mark.parametrize(
     ("cron", "after", "expected"),
     [
-        ("0 3 * * *", datetime(2026, 11, 30, 13, 0, tzinfo=UTC), datetime(2026, 12, 1, 3, 0, tzinfo=UTC)),
-        ("*/2 * * * * *", datetime(2026, 11, 30, 13, 0, 1, tzinfo=UTC), datetime(2026, 11, 30, 13, 0, 2, tzinfo=UTC)),
-        ("30 * * * * *", datetime(2026, 11, 30, 13, 0, 30, tzinfo=UTC), datetime(2026, 11, 30, 13, 1, 30, tzinfo=UTC)),
+        ("0 3 * * *", at(30, 13, 0, 0), at(1, 3, 0, 0, month=12)),
+        ("*/2 * * * * *", at(30, 13, 0, 1), at(30, 13, 0, 2)),
+        ("30 * * * * *", at(30, 13, 0, 30), at(30, 13, 1, 30)),
     ],
     ids=["5-fields", "6-fields-seconds-first", "strictly-after"],
 )  # fmt: skip
