@@ -34,12 +34,13 @@ from coditect.connections import redis_settings_from
 from coditect.engine.arq_compat import SETTINGS_MARK, install
 from coditect.engine.context import JOB_RUN_KEY, JobRun
 from coditect.engine.create import WorkerSettingsBase
-from coditect.execution.context import RunContext
+from coditect.engine.runtime import BudgetRefused, WorkerRuntime, refused_result
+from coditect.errors import CapacityDeferred
 from coditect.execution.executor import TaskExecutor
-from coditect.keys import JOB_NAME, RESULT_PREFIX, job_id_for
+from coditect.keys import JOB_NAME
+from coditect.llm.limits import RateLimiter
 from coditect.logs import ensure_worker_logging
 from coditect.models import AgentTask, ExecutionResult, ExecutionStatus
-from coditect.results import result_from_arq
 from coditect.serialization import job_deserializer, job_serializer
 from coditect.settings import Settings
 
@@ -63,6 +64,7 @@ EMBEDDED_KEY = "coditect_embedded"
 AGENTS_KEY = "coditect_agents"
 WORKER_KEY = "coditect_worker"
 SCHEDULER_KEY = "coditect_scheduler"
+RUNTIME_KEY = "coditect_runtime"
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -76,9 +78,18 @@ async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx.get(SETTINGS_KEY) or Settings()
     ctx[SETTINGS_KEY] = settings
     agents = ctx.get(AGENTS_KEY) or AgentRegistry.from_settings(settings)
-    executor = TaskExecutor(settings, agents=agents)
+    limiter = RateLimiter.from_settings(ctx["redis"], settings)  # a bad limits file stops the worker here
+    executor = TaskExecutor(settings, agents=agents, limiter=limiter)
     executor.llm_factory.create(settings.provider)  # open the default provider's client now: fail early
     ctx[EXECUTOR_KEY] = executor
+    runtime = ctx[RUNTIME_KEY] = WorkerRuntime(ctx["redis"], executor, worker=ctx[WORKER_KEY])
+    if settings.metrics_port is not None and not ctx.get(EMBEDDED_KEY):
+        from coditect.engine.metrics import WorkerMetrics
+
+        runtime.metrics = WorkerMetrics()
+        runtime.metrics_server = runtime.metrics.serve(settings.metrics_port)
+        runtime.start_gauges()
+        logger.info("metrics on port %d (/metrics)", runtime.metrics_server.port)
     if not ctx.get(EMBEDDED_KEY):
         ensure_worker_logging(settings)  # after the SDK import, which may add handlers of its own
         if settings.schedule_file is not None:
@@ -114,9 +125,10 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     if scheduler is not None:
         scheduler.cancel()
         await asyncio.gather(scheduler, return_exceptions=True)
-    executor: TaskExecutor | None = ctx.pop(EXECUTOR_KEY, None)
-    if executor is not None:
-        await executor.aclose()
+    ctx.pop(EXECUTOR_KEY, None)
+    runtime: WorkerRuntime | None = ctx.pop(RUNTIME_KEY, None)
+    if runtime is not None:
+        await runtime.aclose()
 
 
 def retry_delay_s(job_try: int, retry_after_s: float | None, settings: Settings) -> float:
@@ -139,37 +151,36 @@ async def execute_task(
         )
     except ValidationError as err:
         return _invalid_payload(task, err, job_try).to_json_dict()
-    executor: TaskExecutor = ctx[EXECUTOR_KEY]
-    result = await executor.execute(parsed, agent, mode, run=await _run_context(ctx, parsed))
+    runtime: WorkerRuntime = ctx[RUNTIME_KEY]
+    run: JobRun | None = ctx.get(JOB_RUN_KEY)
+    run_context = await runtime.run_context(parsed, run)
+    if run is not None and run.budget:
+        reserved = await runtime.reserve(run, parsed, agent, mode, dict(run_context.inputs))
+        if isinstance(reserved, BudgetRefused):
+            return refused_result(parsed, reserved, job_try).to_json_dict()
+        if reserved is not None:
+            raise CapacityDeferred(reserved)  # the budget has room once the running tasks settle
+    try:
+        result = await runtime.executor.execute(parsed, agent, mode, run=run_context)
+    except CapacityDeferred as err:
+        if runtime.metrics is not None:
+            runtime.metrics.rate_limit_deferred(err.provider, err.model, err.delay_s)
+        raise
     result.attempts = job_try
+    job_id: str | None = ctx.get("job_id")
     if result.retryable and job_try < settings.max_tries:
         delay = retry_delay_s(job_try, result.retry_after_s, settings)
         logger.info(
             "task %s: try %d failed (%s), retrying in %.2f s", parsed.id, job_try, result.error, delay
         )
+        if job_id is not None:
+            await runtime.keep_usage(job_id, result.usage)
+        runtime.retried(result.agent)
         raise Retry(defer=delay)
+    if job_id is not None and job_try > 1:
+        result = await runtime.with_prior_usage(job_id, result)
+    runtime.finished(result)
     return result.to_json_dict()
-
-
-async def _run_context(ctx: dict[str, Any], task: AgentTask) -> RunContext:
-    """The engine's side of a run: its slot, its dependencies' outputs, delegation through the batch."""
-    run: JobRun | None = ctx.get(JOB_RUN_KEY)
-    if run is None:
-        return RunContext()
-    if run.batch_id is None:
-        return RunContext(idle=run.idle, depth=run.depth)
-    from coditect.engine.delegation import BatchDelegator
-
-    inputs: dict[str, str] = {}
-    if task.depends_on:
-        job_ids = [job_id_for(run.batch_id, dep) for dep in task.depends_on]
-        values = await ctx["redis"].mget([RESULT_PREFIX + job_id for job_id in job_ids])
-        for dep, job_id, raw in zip(task.depends_on, job_ids, values, strict=True):
-            if raw is not None:
-                inputs[dep] = result_from_arq(raw, job_id).output
-    return RunContext(
-        idle=run.idle, inputs=inputs, delegator=BatchDelegator(ctx[WORKER_KEY], run), depth=run.depth
-    )
 
 
 def _invalid_payload(task: object, err: ValidationError, job_try: int) -> ExecutionResult:

@@ -55,6 +55,7 @@ __all__ = [
     "RETRY_COUNTER_TTL_S",
     "RETRY_PREFIX",
     "SCHEDULES_KEY",
+    "USAGE_PREFIX",
     "WORKERS_KEY",
     "WORKER_CHANNEL_PREFIX",
     "WORKER_KEY_PREFIX",
@@ -79,6 +80,8 @@ WORKER_CHANNEL_PREFIX = "coditect:worker:"
 WORKERS_KEY = "coditect:workers"
 WORKER_KEY_PREFIX = "coditect:worker:"
 DEAD_LETTERS_KEY = "coditect:dead-letters"
+# job id -> the token usage of its attempts so far (a retried task's result counts every attempt).
+USAGE_PREFIX = "coditect:usage:"
 # Schedule name -> the id of the last batch a tick of it submitted.
 SCHEDULES_KEY = "coditect:schedules"
 DONE_KEY_PREFIX = "coditect:done:"

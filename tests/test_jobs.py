@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import arq.worker
+import fakeredis
 import pytest
 from arq.connections import RedisSettings
 from arq.jobs import Job
@@ -20,12 +21,14 @@ from arq.worker import Retry, Worker, get_kwargs
 import coditect.jobs as jobs
 from coditect.agents import AgentRegistry
 from coditect.client.batches import BatchStore
+from coditect.engine.runtime import WorkerRuntime
 from coditect.execution.executor import TaskExecutor
 from coditect.jobs import (
     EMBEDDED_KEY,
     EXECUTOR_KEY,
     JOB_NAME,
     JOB_TIMEOUT_GRACE_S,
+    RUNTIME_KEY,
     SETTINGS_KEY,
     WORKER_KEY,
     execute_task,
@@ -66,7 +69,9 @@ async def executor(settings: Settings) -> AsyncIterator[TaskExecutor]:
 
 
 def job_ctx(settings: Settings, executor: Any, job_try: int = 1) -> dict[str, Any]:
-    return {SETTINGS_KEY: settings, EXECUTOR_KEY: executor, "job_try": job_try}
+    """A job's ctx outside a worker: no engine (no slot, no batch), an executor of the test's."""
+    runtime = WorkerRuntime(fakeredis.FakeAsyncRedis(), executor)
+    return {SETTINGS_KEY: settings, EXECUTOR_KEY: executor, RUNTIME_KEY: runtime, "job_try": job_try}
 
 
 # -- retry_delay_s --------------------------------------------------------------------------------
@@ -309,7 +314,9 @@ def test_importing_the_module_does_not_read_the_environment(tmp_path: Path) -> N
 
 
 async def test_startup_creates_the_executor_and_shutdown_closes_it(settings: Settings) -> None:
-    ctx: dict[str, Any] = {SETTINGS_KEY: settings, EMBEDDED_KEY: True, WORKER_KEY: object()}
+    ctx: dict[str, Any] = {
+        SETTINGS_KEY: settings, EMBEDDED_KEY: True, WORKER_KEY: object(), "redis": fakeredis.FakeAsyncRedis(),
+    }  # fmt: skip
 
     await jobs.startup(ctx)
     executor = ctx[EXECUTOR_KEY]

@@ -44,6 +44,22 @@ def _positive_seconds(value: str) -> float:
     return seconds
 
 
+def _positive_dollars(value: str) -> float:
+    try:
+        dollars = float(value)
+    except ValueError:
+        dollars = float("nan")
+    if not dollars > 0 or dollars == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive amount of US dollars, got {value!r}")
+    return dollars
+
+
+def _port(value: str) -> int:
+    if not value.isdigit() or not 0 <= int(value) < 65_536:
+        raise argparse.ArgumentTypeError(f"expected a port number (0-65535), got {value!r}")
+    return int(value)
+
+
 def _positive_int(value: str) -> int:
     if not value.isdigit() or int(value) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive whole number, got {value!r}")
@@ -78,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     def batch_file(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("file", metavar="FILE", help="batch file (JSON, or TOML with a .toml suffix)")
         sub.add_argument("--batch-id", metavar="ID", help="default: a new random id")
+        sub.add_argument(
+            "--budget-usd",
+            type=_positive_dollars,
+            metavar="USD",
+            help="end the tasks not yet started once the batch has spent this (default: the file's)",
+        )
 
     def batch_arg(sub: argparse.ArgumentParser, *, optional: bool = False) -> None:
         help_text = "batch id, as printed by 'coditect submit'"
@@ -103,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--burst", action="store_true", help="stop once the queue is empty")
     worker.add_argument(
         "--check", action="store_true", help="say which workers on the queue are alive; exit 1 if none"
+    )
+    worker.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="N",
+        help="serve Prometheus metrics on this port (CODITECT_METRICS_PORT)",
     )
 
     submit = command("submit", batches.cmd_submit, "submit a batch file to the workers and print its id")

@@ -26,7 +26,8 @@ logger = logging.getLogger(__name__)
 
 
 async def cmd_worker(args: argparse.Namespace) -> int:
-    settings = load_settings(args)
+    overrides = {"metrics_port": args.metrics_port} if getattr(args, "metrics_port", None) is not None else {}
+    settings = load_settings(args, **overrides)
     if settings.embedded:
         raise CliError(
             "a separate worker process needs a shared Redis: set CODITECT_REDIS_URL or pass --redis-url "

@@ -25,7 +25,7 @@ from coditect.client.progress import BatchProgress, ProgressCallback
 from coditect.client.waiter import BatchLost, BatchWaiter, DeadlineReached
 from coditect.connections import create_redis_pool
 from coditect.errors import TaskInputError
-from coditect.models import AgentTask, ExecutionResult, ExecutionStatus
+from coditect.models import AgentTask, Budget, ExecutionResult, ExecutionStatus
 from coditect.settings import Settings
 
 __all__ = ["BatchLost", "BatchProgress", "DeadlineReached", "ProjectOrchestrator", "check_batch"]
@@ -158,15 +158,26 @@ class ProjectOrchestrator:
 
     # -- batches ------------------------------------------------------------------------------
 
-    async def submit(self, tasks: Sequence[AgentTask], *, batch_id: str | None = None, name: str = "") -> str:
+    async def submit(
+        self,
+        tasks: Sequence[AgentTask],
+        *,
+        batch_id: str | None = None,
+        name: str = "",
+        budget_usd: float | None = None,
+        budget_tokens: int | None = None,
+    ) -> str:
         """Record a batch in Redis and enqueue what can start; returns the batch id.
 
         Nothing is enqueued if any task is invalid (repeated ids, unknown agents or dependencies,
         cycles). Submitting a batch id that exists already adds nothing and returns its id.
         """
-        return (await self._submit(tasks, batch_id, name)).batch_id
+        budget = Budget(budget_usd=budget_usd, budget_tokens=budget_tokens)
+        return (await self._submit(tasks, batch_id, name, budget)).batch_id
 
-    async def _submit(self, tasks: Sequence[AgentTask], batch_id: str | None, name: str) -> Submitted:
+    async def _submit(
+        self, tasks: Sequence[AgentTask], batch_id: str | None, name: str, budget: Budget
+    ) -> Submitted:
         # Scripts are checked where they run: here, for the embedded workers; workers elsewhere have
         # their own scripts folder, and a missing script fails its task there.
         local = self.settings if self.settings.embedded else None
@@ -177,7 +188,7 @@ class ProjectOrchestrator:
                 f"{batch_id!r} is not a batch id: use 1-64 letters, digits, '_', '.' or '-'", field="batch_id"
             )
         submitted = await outlasting_outages(
-            lambda: self.store.submit(batch_id, ordered, fields={"name": name}),
+            lambda: self.store.submit(batch_id, ordered, fields={"name": name, **budget.fields()}),
             REDIS_REPLY_TIMEOUT_S * (1 + len(tasks) // 500),
         )
         if submitted.created:
@@ -192,10 +203,14 @@ class ProjectOrchestrator:
         name: str = "",
         timeout_s: float | None = None,
         on_progress: ProgressCallback | None = None,
+        budget_usd: float | None = None,
+        budget_tokens: int | None = None,
     ) -> list[ExecutionResult]:
         """Submit a batch and wait for every result (input order). Dependants start as soon as their
-        dependencies succeed; ``timeout_s`` ends the unfinished tasks with status ``timeout``."""
-        submitted = await self._submit(tasks, batch_id, name)
+        dependencies succeed; ``timeout_s`` ends the unfinished tasks with status ``timeout``. With a
+        budget, tasks that would start once it is spent end ``cancelled`` ("budget exhausted")."""
+        budget = Budget(budget_usd=budget_usd, budget_tokens=budget_tokens)
+        submitted = await self._submit(tasks, batch_id, name, budget)
         since = submitted.last_event_id if submitted.created else "0-0"
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         found = await self._gather(submitted.batch_id, tasks, since, deadline, on_progress)

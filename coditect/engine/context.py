@@ -11,7 +11,7 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 from coditect.execution.context import no_slot
 
@@ -34,7 +34,7 @@ class JobRun:
     task_id: str | None = None
     depth: int = 0
     worker: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+    budget: bool = False  # the batch has a budget: reserve the task's estimate before it runs
 
 
 class WorkerContext(TypedDict, total=False):

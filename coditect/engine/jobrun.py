@@ -26,6 +26,7 @@ from coditect.engine.context import JOB_RUN_KEY, JobRun
 from coditect.engine.flusher import FinishRecord
 from coditect.errors import CapacityDeferred
 from coditect.keys import BATCH_KEY_PREFIX, DEAD_LETTERS_KEY, RETRY_COUNTER_TTL_S, RETRY_PREFIX, split_job_id
+from coditect.logs import job_log_context
 from coditect.serialization import job_deserializer
 
 if TYPE_CHECKING:
@@ -91,20 +92,28 @@ class JobRunner:
 
     async def run(self, claim: Claim, slot: Slot) -> None:
         worker = self.worker
-        ctx: dict[str, Any] | None = None
-        try:
-            job = await self._read(claim)
-            if isinstance(job, FinishRecord):
-                record = job
-            else:
-                ctx = self._context(job, slot)
-                record = await self._call(job, ctx)
-        except Exception as err:  # a bug here must not lose the job: record it as failed
-            logger.exception("job %s: internal error", claim.job_id)
-            record = self._failed(claim, "<unknown>", err, start_ms=_now_ms())
-        await worker._flusher.submit(record)
-        if ctx is not None and worker.after_job_end:
-            await worker.after_job_end(ctx)
+        batch = split_job_id(claim.job_id)
+        with job_log_context(
+            job_id=claim.job_id,
+            batch_id=batch[0] if batch else None,
+            task_id=batch[1] if batch else None,
+            attempt=claim.job_try,
+            worker=worker.worker_name,
+        ):
+            ctx: dict[str, Any] | None = None
+            try:
+                job = await self._read(claim)
+                if isinstance(job, FinishRecord):
+                    record = job
+                else:
+                    ctx = self._context(job, slot)
+                    record = await self._call(job, ctx)
+            except Exception as err:  # a bug here must not lose the job: record it as failed
+                logger.exception("job %s: internal error", claim.job_id)
+                record = self._failed(claim, "<unknown>", err, start_ms=_now_ms())
+            await worker._flusher.submit(record)
+            if ctx is not None and worker.after_job_end:
+                await worker.after_job_end(ctx)
 
     # -- before the call --------------------------------------------------------------------
 
@@ -175,6 +184,7 @@ class JobRunner:
             task_id=batch[1] if batch else None,
             depth=claim.depth,
             worker=worker.worker_name,
+            budget=claim.budget,
         )
         return {
             **worker.ctx,

@@ -2,8 +2,8 @@
 -- ARGV: now ms, lease ms, max jobs, worker token, worker name, wake channel, events maxlen,
 --       finished-batch keep ms, job expiry ms, '1' when aborts are allowed (else the abort set is
 --       left alone, as ARQ does), then optionally the ids to claim (instead of what is due first).
--- Claims up to max due jobs nobody holds. Returns {id, payload, try, score, aborted, depth, error}
--- per job: try is -1 and error says why when the job's retry counter is unusable (set by hand to
+-- Claims up to max due jobs nobody holds. Returns {id, payload, try, score, aborted, depth, error,
+-- budget} per job (budget 1: its batch has a budget to reserve against before it runs): try is -1 and error says why when the job's retry counter is unusable (set by hand to
 -- a non-integer or to the largest integer): the worker records that job as failed without running it.
 -- Jobs whose lease ran out (their worker died) come first: their queue score is the lease deadline,
 -- which would put them behind every job queued before it. Then the queue head, in score order.
@@ -29,7 +29,7 @@ local function claim(id, score)
   redis.call('ZADD', KEYS[1], now + lease, id)
   redis.call('ZADD', KEYS[2], now + lease, id)
   local aborted = ARGV[10] == '1' and redis.call('ZREM', ABORT, id) or 0
-  local depth = 0
+  local depth, budget = 0, 0
   local b, t = batch_of(id)
   if b then
     if not payload then  -- evicted or lost with Redis data: the batch still holds the task
@@ -46,9 +46,12 @@ local function claim(id, score)
     end
     local parent = redis.call('HGET', bkey(b, ':parents'), t)
     if parent then depth = tonumber(string.match(parent, '%S+%s+(%d+)')) or 0 end
+    if redis.call('HEXISTS', bkey(b), 'budget_usd') == 1 or redis.call('HEXISTS', bkey(b), 'budget_tokens') == 1 then
+      budget = 1
+    end
     emit(b, 'task.started', t, {'attempt', tostring(try), 'worker', C.worker})
   end
-  claimed[#claimed + 1] = {id, payload or '', try, score, aborted, depth, problem}
+  claimed[#claimed + 1] = {id, payload or '', try, score, aborted, depth, problem, budget}
 end
 if #ARGV > 10 then
   for i = 11, #ARGV do

@@ -28,23 +28,25 @@ from tests.support.fake_backend import QUEUE, now_ms, wait_until
 
 def test_parse_rows_makes_claims_of_what_it_can_read() -> None:
     rows = [
-        [b"j1", b"{}", 2, b"1700000000000", 1, 3, b""],
-        [b"j2", None, 1, b"-inf", 0, None, b"retry counter is unusable"],
-        [b"j3", b"x", -1, "nan", 0, 0, "bad"],
+        [b"j1", b"{}", 2, b"1700000000000", 1, 3, b"", 1],
+        [b"j2", None, 1, b"-inf", 0, None, b"retry counter is unusable", 0],
+        [b"j3", b"x", -1, "nan", 0, 0, "bad", 0],
     ]
 
     claims, poison = parse_rows(rows)
 
     assert poison == []
     assert claims == [
-        Claim("j1", b"{}", 2, 1_700_000_000_000, True, 3, ""),
+        Claim("j1", b"{}", 2, 1_700_000_000_000, True, 3, "", budget=True),
         Claim("j2", b"", 1, 0, False, 0, "retry counter is unusable"),
         Claim("j3", b"x", -1, 0, False, 0, "bad"),
     ]
 
 
 def test_parse_rows_sets_aside_an_id_that_is_not_text() -> None:
-    claims, poison = parse_rows([[b"\xff\xfe", b"{}", 1, 0, 0, 0, b""], [b"ok", b"{}", 1, 5, 0, 0, b""]])
+    claims, poison = parse_rows(
+        [[b"\xff\xfe", b"{}", 1, 0, 0, 0, b"", 0], [b"ok", b"{}", 1, 5, 0, 0, b"", 0]]
+    )
 
     assert [claim.job_id for claim in claims] == ["ok"]
     assert poison == [Poison(b"\xff\xfe", "job id is not UTF-8 text")]

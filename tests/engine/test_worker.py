@@ -306,7 +306,7 @@ async def test_a_dead_workers_job_runs_again_after_its_lease_ahead_of_later_jobs
     claim = pool.register_script(script("claim"))
     claimed_ms = max(now_ms(), int(await pool.zscore(QUEUE, "j1")))  # ARQ rounds its timestamps
     args = [claimed_ms, 200, 10, "dead-token", "dead-worker", wake_channel(QUEUE), 1000, 60_000, 60_000, "1"]
-    ((job_id, payload, job_try, _, aborted, _, problem),) = await claim(
+    ((job_id, payload, job_try, _, aborted, _, problem, _),) = await claim(
         keys=[QUEUE, leases_key(QUEUE)], args=args
     )
     assert (job_id, job_try, aborted, problem) == (b"j1", 1, 0, b"")
