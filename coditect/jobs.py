@@ -24,7 +24,7 @@ import asyncio
 import json
 import logging
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from arq.worker import Retry, func
 from pydantic import ValidationError
@@ -32,7 +32,19 @@ from pydantic import ValidationError
 from coditect.agents import AgentRegistry
 from coditect.connections import redis_settings_from
 from coditect.engine.arq_compat import SETTINGS_MARK, install
-from coditect.engine.context import JOB_RUN_KEY, JobRun
+from coditect.engine.context import (
+    AGENTS_KEY,
+    EMBEDDED_KEY,
+    EXECUTOR_KEY,
+    JOB_RUN_KEY,
+    RUNTIME_KEY,
+    SCHEDULER_KEY,
+    SETTINGS_KEY,
+    WORKER_KEY,
+    JobContext,
+    JobRun,
+    WorkerContext,
+)
 from coditect.engine.create import WorkerSettingsBase
 from coditect.engine.runtime import BudgetRefused, WorkerRuntime, refused_result
 from coditect.errors import CapacityDeferred
@@ -44,8 +56,18 @@ from coditect.models import AgentTask, ExecutionResult, ExecutionStatus
 from coditect.serialization import job_deserializer, job_serializer
 from coditect.settings import Settings
 
+if TYPE_CHECKING:
+    from arq.typing import WorkerCoroutine
+
 __all__ = [
+    "AGENTS_KEY",
+    "EMBEDDED_KEY",
+    "EXECUTOR_KEY",
     "JOB_NAME",
+    "RUNTIME_KEY",
+    "SCHEDULER_KEY",
+    "SETTINGS_KEY",
+    "WORKER_KEY",
     "WorkerSettings",  # noqa: F822  # built on first access by the module __getattr__ below
     "execute_task",
     "job_deserializer",
@@ -58,16 +80,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 JOB_TIMEOUT_GRACE_S = 5.0
-SETTINGS_KEY = "coditect_settings"
-EXECUTOR_KEY = "coditect_executor"
-EMBEDDED_KEY = "coditect_embedded"
-AGENTS_KEY = "coditect_agents"
-WORKER_KEY = "coditect_worker"
-SCHEDULER_KEY = "coditect_scheduler"
-RUNTIME_KEY = "coditect_runtime"
 
 
-async def startup(ctx: dict[str, Any]) -> None:
+async def startup(ctx: WorkerContext) -> None:
     """Create the worker's one TaskExecutor (and so its one HTTP pool); refuse a plain ARQ worker."""
     if ctx.get(WORKER_KEY) is None:
         raise RuntimeError(
@@ -102,7 +117,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     )
 
 
-def _start_scheduler(ctx: dict[str, Any], settings: Settings, agents: AgentRegistry) -> asyncio.Task[None]:
+def _start_scheduler(ctx: WorkerContext, settings: Settings, agents: AgentRegistry) -> asyncio.Task[None]:
     """This worker's part in the scheduled batches (every worker with the setting takes part)."""
     from coditect.client.batches import BatchStore
     from coditect.engine.schedule import Scheduler, load_schedules
@@ -120,7 +135,7 @@ def _start_scheduler(ctx: dict[str, Any], settings: Settings, agents: AgentRegis
     return asyncio.create_task(Scheduler(store, schedules).run(), name="coditect-scheduler")
 
 
-async def shutdown(ctx: dict[str, Any]) -> None:
+async def shutdown(ctx: WorkerContext) -> None:
     scheduler: asyncio.Task[None] | None = ctx.pop(SCHEDULER_KEY, None)
     if scheduler is not None:
         scheduler.cancel()
@@ -140,7 +155,7 @@ def retry_delay_s(job_try: int, retry_after_s: float | None, settings: Settings)
 
 
 async def execute_task(
-    ctx: dict[str, Any], task: dict[str, Any] | str, agent: str | None = None, mode: str | None = None
+    ctx: JobContext, task: dict[str, Any] | str, agent: str | None = None, mode: str | None = None
 ) -> dict[str, Any]:
     """Run one task (a dict or its JSON text) and return its ``ExecutionResult`` as a JSON dict."""
     settings: Settings = ctx[SETTINGS_KEY]
@@ -206,7 +221,8 @@ def worker_options(settings: Settings) -> dict[str, Any]:
     return {
         "functions": [
             func(
-                execute_task,
+                # ARQ hands every job a plain dict; execute_task reads it as the JobContext it is.
+                cast("WorkerCoroutine", execute_task),
                 name=JOB_NAME,
                 timeout=settings.job_timeout_s + JOB_TIMEOUT_GRACE_S,
                 max_tries=settings.max_tries,

@@ -38,9 +38,9 @@ async def cmd_worker(args: argparse.Namespace) -> int:
     from redis.exceptions import RedisError
 
     from coditect.connections import redact_url
+    from coditect.engine.context import SETTINGS_KEY
     from coditect.engine.create import create_worker
     from coditect.errors import BackendUnavailableError
-    from coditect.jobs import SETTINGS_KEY
 
     # Built inside the running loop: ARQ installs its SIGINT/SIGTERM handlers on this loop, and on a
     # signal it cancels the worker's main task, which is how a worker is meant to stop.
