@@ -211,6 +211,15 @@ class ProjectOrchestrator:
         budget, tasks that would start once it is spent end ``cancelled`` ("budget exhausted")."""
         budget = Budget(budget_usd=budget_usd, budget_tokens=budget_tokens)
         submitted = await self._submit(tasks, batch_id, name, budget)
+        if not submitted.created:  # the batch exists: follow it, if it is this batch
+            recorded = set(await self.store.task_ids(submitted.batch_id))
+            extra = [task.id for task in tasks if task.id not in recorded]
+            if extra:
+                raise TaskInputError(
+                    f"batch {submitted.batch_id!r} exists with other tasks (it has no {extra[0]!r}); "
+                    "choose another batch id",
+                    field="batch_id",
+                )
         since = submitted.last_event_id if submitted.created else "0-0"
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         found = await self._gather(submitted.batch_id, tasks, since, deadline, on_progress)
