@@ -270,7 +270,7 @@ async def test_a_batch_id_that_exists_with_other_tasks_is_refused(orch: ProjectO
     await orch.run_batch(tasks(2), batch_id="taken")
     again = await orch.run_batch(tasks(2), batch_id="taken")  # the same batch: followed, not re-run
 
-    with pytest.raises(TaskInputError, match="batch 'taken' exists with other tasks .*'x0'") as caught:
+    with pytest.raises(TaskInputError, match=r"batch 'taken' exists with other tasks .*'x0'") as caught:
         await orch.run_batch(tasks(1, prefix="x"), batch_id="taken")
 
     assert caught.value.field == "batch_id"
