@@ -34,24 +34,23 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"coditect: error: {message} (see '{self.prog} --help')\n")
 
 
-def _positive_seconds(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = float("nan")
-    if not seconds > 0 or seconds == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {value!r}")
-    return seconds
+def _positive(unit: str) -> Callable[[str], float]:
+    """An argparse type: a finite number greater than zero, of ``unit``."""
+
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        if not number > 0 or number == float("inf"):
+            raise argparse.ArgumentTypeError(f"expected a positive number of {unit}, got {value!r}")
+        return number
+
+    return parse
 
 
-def _positive_dollars(value: str) -> float:
-    try:
-        dollars = float(value)
-    except ValueError:
-        dollars = float("nan")
-    if not dollars > 0 or dollars == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive amount of US dollars, got {value!r}")
-    return dollars
+_positive_seconds = _positive("seconds")
+_positive_dollars = _positive("US dollars")
 
 
 def _port(value: str) -> int:

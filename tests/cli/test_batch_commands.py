@@ -192,4 +192,4 @@ def test_a_budget_that_is_not_a_positive_amount_is_refused(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, value: str
 ) -> None:
     assert main(["run", str(write(tmp_path, GRAPH)), "--budget-usd", value]) == 2
-    assert "expected a positive amount of US dollars" in capsys.readouterr().err
+    assert "expected a positive number of US dollars" in capsys.readouterr().err
