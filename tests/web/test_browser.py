@@ -127,6 +127,8 @@ async def test_counts_rows_and_graph_change_live_without_a_reload(
     await expect(page.locator("#cancel-batch")).to_be_hidden()
     await expect(listing.locator('tr[data-batch="b-live"] [data-field="done"]')).to_have_text("5/5")
     await expect(listing.locator('tr[data-batch="b-live"] [data-field="state"]')).to_have_text("finished")
+    await expect(listing.locator('tr[data-batch="b-live"] .chip.count-success')).to_have_text("5 success")
+    await expect(listing.locator('tr[data-batch="b-live"] .chip.count-running')).to_be_hidden()
     await assert_not_reloaded(page)
     await assert_not_reloaded(listing)
     assert dialogs == []

@@ -35,10 +35,11 @@ async def test_the_batches_page_lists_recent_batches_with_counts_tokens_and_cost
     row = html.partition('data-batch="b-one"')[2].partition("</tr>")[0]
     assert '<td data-field="name">first</td>' in row
     assert '<td data-field="done">2/2</td>' in row
-    assert '<td class="num" data-count="success">2</td>' in row
+    assert '<span class="chip count-success"><b data-count="success">2</b> success</span>' in row
+    assert '<span class="chip count-failed" hidden><b data-count="failed">0</b> failed</span>' in row
     assert re.search(r'data-field="tokens">\d+<', row)
     failed = html.partition('data-batch="b-two"')[2].partition("</tr>")[0]
-    assert '<td class="num" data-count="failed">1</td>' in failed
+    assert '<span class="chip count-failed"><b data-count="failed">1</b> failed</span>' in failed
     assert 'data-live="/live"' in html
     assert "Scheduled batches" not in html  # no schedule file
 

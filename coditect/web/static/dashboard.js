@@ -92,7 +92,9 @@
       badge(field(row, "state"), "state", batch.state, STATES);
       setText(field(row, "done"), batch.done + "/" + batch.total);
       COUNTED.forEach(function (status) {
-        setText(row.querySelector('[data-count="' + status + '"]'), batch.counts[status]);
+        const count = row.querySelector('[data-count="' + status + '"]');
+        setText(count, batch.counts[status]);
+        if (count && count.parentElement) count.parentElement.hidden = !batch.counts[status];
       });
       setText(field(row, "duration"), batch.duration);
       setText(field(row, "tokens"), batch.tokens);
