@@ -9,11 +9,11 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from coditect.cli.render import STATUSES
 from coditect.client.orchestrator import new_batch_id
 from coditect.clock import now_ms
 from coditect.engine.registry import live_workers
 from coditect.llm.limits import RateLimiter
+from coditect.models import ExecutionStatus
 from coditect.web.batch_rows import batch_row
 from coditect.web.capacity import limit_use
 from coditect.web.charts import bar_chart
@@ -28,6 +28,7 @@ from coditect.web.task_rows import MAX_ROWS, load_batch_tasks, rows_page
 
 __all__ = ["batch_page", "batches_page", "login_page", "task_page", "workers_page"]
 
+STATUSES = tuple(status.value for status in ExecutionStatus)
 RECENT_BATCHES = 50
 MAX_QUERY_CHARS = 200
 
