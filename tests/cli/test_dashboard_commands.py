@@ -190,3 +190,26 @@ async def test_the_dashboard_command_serves_a_shared_redis_until_ctrl_c(
         assert '<td data-field="done">0/1</td>' in page.text
     code, _ = await running.interrupt()
     assert code == 0, running.err
+
+
+async def test_serving_dashboard_serves_while_the_block_runs() -> None:
+    from coditect.cli.dashboard_commands import serving_dashboard
+
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    async with ProjectOrchestrator(settings) as orch:
+        async with serving_dashboard(orch, "127.0.0.1", 0) as url, httpx.AsyncClient() as client:
+            assert (await client.get(url)).status_code == 200
+        async with httpx.AsyncClient() as client:
+            with pytest.raises(httpx.ConnectError):
+                await client.get(url)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+async def test_until_interrupted_returns_on_ctrl_c_or_sigterm_and_restores_the_handlers(signum: int) -> None:
+    from coditect.cli.dashboard_commands import until_interrupted
+
+    waiting = asyncio.create_task(until_interrupted())
+    await asyncio.sleep(0)  # let it install its handlers
+    os.kill(os.getpid(), signum)
+    await asyncio.wait_for(waiting, DEADLINE_S)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
