@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -15,6 +16,7 @@ from coditect.errors import ConfigurationError
 from coditect.models import AgentTask
 from coditect.settings import Settings
 from coditect.web.security import COOKIE, Guard, check_bind, is_loopback
+from tests.support.redis_server import RedisServer
 from tests.web.conftest import ORIGIN, asgi_client
 
 TOKEN = "a-dashboard-token-of-32-characters!"
@@ -297,3 +299,25 @@ async def test_no_secret_reaches_a_page(embedded_settings: Settings) -> None:
     assert '<td data-field="title">keys ***</td>' in pages[1].text
     assert "<title>t: keys ***</title>" in pages[1].text  # the graph's tooltip
     assert '<h1 id="task-title">keys ***</h1>' in pages[2].text
+
+
+async def test_the_redis_password_never_reaches_a_page(tmp_path: Path) -> None:
+    password = "redis-password-for-the-dashboard"
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        with server.client() as admin:
+            admin.config_set("requirepass", password)
+        url = f"redis://:{password}@127.0.0.1:{server.port}/0"
+        settings = Settings(_env_file=None, redis_url=url)  # type: ignore[call-arg]
+        async with ProjectOrchestrator(settings) as orch, asgi_client(orch) as client:
+            await orch.submit([AgentTask(id="t", title="queued, no worker")], batch_id="b-pw")
+            pages = [
+                await client.get(path) for path in ("/", "/batches/b-pw", "/batches/b-pw/tasks/t", "/workers")
+            ]
+    finally:
+        server.stop()
+    for page in pages:
+        assert page.status_code == 200
+        assert password[:8] not in page.text
+        assert f"Redis: redis://:***@127.0.0.1:{server.port}/0" in page.text
