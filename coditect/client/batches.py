@@ -31,7 +31,7 @@ from coditect.lua import script
 from coditect.models import AgentTask, ExecutionResult, ExecutionStatus
 from coditect.results import result_from_arq
 
-__all__ = ["CHUNK", "BatchStore", "BatchSummary", "Submitted"]
+__all__ = ["CHUNK", "STATE_STATUS", "BatchStore", "BatchSummary", "Submitted"]
 
 _T = TypeVar("_T")
 
@@ -39,7 +39,8 @@ CHUNK = 500
 # A batch up to this size is written by one script call: all of it, or (on an error) none of it.
 ATOMIC_TASKS = 5_000
 ATOMIC_BYTES = 16 * 1024 * 1024
-_STATES = {
+# The one-letter states of a batch's `:state` hash (see coditect/lua/batch.lua).
+STATE_STATUS = {
     "p": ExecutionStatus.PENDING,
     "q": ExecutionStatus.QUEUED,
     "r": ExecutionStatus.RUNNING,
@@ -274,7 +275,8 @@ class BatchStore:
     async def states(self, batch_id: str) -> dict[str, ExecutionStatus]:
         raw = await self.redis.hgetall(BATCH_KEY_PREFIX + batch_id + ":state")  # type: ignore[misc]
         return {
-            task.decode(): _STATES.get(state.decode(), ExecutionStatus.PENDING) for task, state in raw.items()
+            task.decode(): STATE_STATUS.get(state.decode(), ExecutionStatus.PENDING)
+            for task, state in raw.items()
         }
 
     async def fetch_results(self, batch_id: str, task_ids: Sequence[str]) -> dict[str, ExecutionResult]:
