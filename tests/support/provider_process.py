@@ -51,6 +51,10 @@ class ProviderProcess:
         """Queue a planned response (``Plan``'s fields, and ``times``)."""
         (await self.http.post("/_fake/plan", json=response)).raise_for_status()
 
+    async def clear(self) -> None:
+        """Forget plans, requests, what was served and the prompt cache (not the rate-limit state)."""
+        (await self.http.post("/_fake/clear")).raise_for_status()
+
     async def served(self) -> list[dict[str, Any]]:
         """Every API request as it was answered, in arrival order: ``at`` (the machine's monotonic
         clock), ``status``, ``input_tokens``, ``output_tokens``, ``rate_limited``."""
