@@ -65,6 +65,8 @@ def files(tmp_path: Path, settings: Settings) -> tuple[dict[str, str], Settings]
         "CODITECT_PRICES_FILE": str(prices),
         "CODITECT_LIMITS_FILE": str(limits),
         "CODITECT_RETRY_BACKOFF_S": "0.05",
+        # Capacity more than 0.15 s away sends the task back to the queue (a deferral) instead.
+        "CODITECT_RATE_LIMIT_HORIZON_S": "0.15",
     }
     return env, settings.model_copy(update={"agents_file": agents})
 
@@ -183,6 +185,14 @@ async def test_metrics_scraped_over_http_from_a_worker_with_a_metrics_port(
     assert got[("coditect_tasks_unpriced_total", labels(provider="anthropic", model=UNKNOWN_MODEL))] == 2
     waited = got[("coditect_rate_limit_wait_seconds_total", labels(provider="anthropic", model=MODEL))]
     assert waited > 0.1  # back-to-back calls 0.1 s apart: several waited
+    # With one slot, a task waiting for capacity frees it; the next task claimed finds its capacity
+    # further away than the horizon and goes back to the queue for that long.
+    deferrals = got[("coditect_rate_limit_deferrals_total", labels(provider="anthropic", model=MODEL))]
+    deferred_s = got[
+        ("coditect_rate_limit_deferred_seconds_total", labels(provider="anthropic", model=MODEL))
+    ]
+    assert deferrals >= 1
+    assert deferred_s > 0.15 * deferrals
 
 
 async def _running(orch: ProjectOrchestrator, batch_id: str) -> bool:
