@@ -70,7 +70,7 @@ async def test_a_rate_limited_batch_on_two_workers_runs_at_the_shared_limit(
 ) -> None:
     provider_rpm, rpm = 1800, 1710  # 30 in any rolling second at the provider; 5 % under, configured
     provider_tpm, tpm = 120_000, 114_000
-    count, max_jobs = 400, 10
+    count, max_jobs = 600, 10
     limits = limits_file(tmp_path, requests_per_minute=rpm, input_tokens_per_minute=tpm)
     args = ("--requests-per-minute", str(provider_rpm), "--input-tokens-per-minute", str(provider_tpm))
     async with provider_process(*args, "--latency-s", "0.05") as provider:
