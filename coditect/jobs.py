@@ -168,11 +168,14 @@ async def execute_task(
         return _invalid_payload(task, err, job_try).to_json_dict()
     runtime: WorkerRuntime = ctx[RUNTIME_KEY]
     run: JobRun | None = ctx.get(JOB_RUN_KEY)
+    job_id: str | None = ctx.get("job_id")
     run_context = await runtime.run_context(parsed, run)
     if run is not None and run.budget:
         reserved = await runtime.reserve(run, parsed, agent, mode, dict(run_context.inputs))
         if isinstance(reserved, BudgetRefused):
             refused = refused_result(parsed, reserved, job_try)
+            if job_id is not None and job_try > 1:
+                refused = await runtime.with_prior_usage(job_id, refused)  # what its attempts spent counts
             runtime.finished(refused)
             return refused.to_json_dict()
         if reserved is not None:
@@ -184,14 +187,13 @@ async def execute_task(
             runtime.metrics.rate_limit_deferred(err.provider, err.model, err.delay_s)
         raise
     result.attempts = job_try
-    job_id: str | None = ctx.get("job_id")
     if result.retryable and job_try < settings.max_tries:
         delay = retry_delay_s(job_try, result.retry_after_s, settings)
         logger.info(
             "task %s: try %d failed (%s), retrying in %.2f s", parsed.id, job_try, result.error, delay
         )
         if job_id is not None:
-            await runtime.keep_usage(job_id, result.usage)
+            await runtime.keep_usage(job_id, result)
         runtime.retried(result.agent)
         raise Retry(defer=delay)
     if job_id is not None and job_try > 1:

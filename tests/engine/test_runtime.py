@@ -84,8 +84,8 @@ async def test_a_retried_attempts_usage_is_added_to_the_final_result(
         task_id="t", status=ExecutionStatus.SUCCESS, provider="anthropic", model="priced-1", usage=last
     )
     try:
-        await runtime.keep_usage("job", first)
-        await runtime.keep_usage("job", TokenUsage())  # an attempt that used nothing adds nothing
+        await runtime.keep_usage("job", final.model_copy(update={"usage": first}))
+        await runtime.keep_usage("job", final.model_copy(update={"usage": TokenUsage()}))  # adds nothing
         summed = await runtime.with_prior_usage("job", final)
         left = await pool.exists(USAGE_PREFIX + "job")
     finally:
