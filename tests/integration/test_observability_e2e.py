@@ -55,18 +55,19 @@ PRICES = {
 def files(tmp_path: Path, settings: Settings) -> tuple[dict[str, str], Settings]:
     agents = write_json(tmp_path / "agents.json", AGENTS)
     prices = write_json(tmp_path / "prices.json", PRICES)
-    # 600 a minute: calls 0.1 s apart, so back-to-back tasks wait for capacity.
+    # 300 a minute: calls 0.2 s apart, so back-to-back tasks wait for capacity, without their slot for
+    # all but the last 0.1 s.
     limits = write_json(
         tmp_path / "limits.json",
-        {"limits": [{"provider": "anthropic", "model": MODEL, "requests_per_minute": 600}]},
+        {"limits": [{"provider": "anthropic", "model": MODEL, "requests_per_minute": 300}]},
     )
     env = {
         "CODITECT_AGENTS_FILE": str(agents),
         "CODITECT_PRICES_FILE": str(prices),
         "CODITECT_LIMITS_FILE": str(limits),
         "CODITECT_RETRY_BACKOFF_S": "0.05",
-        # Capacity more than 0.15 s away sends the task back to the queue (a deferral) instead.
-        "CODITECT_RATE_LIMIT_HORIZON_S": "0.15",
+        # Capacity more than 0.3 s away sends the task back to the queue (a deferral) instead.
+        "CODITECT_RATE_LIMIT_HORIZON_S": "0.3",
     }
     return env, settings.model_copy(update={"agents_file": agents})
 
@@ -184,7 +185,7 @@ async def test_metrics_scraped_over_http_from_a_worker_with_a_metrics_port(
     assert cost > 0
     assert got[("coditect_tasks_unpriced_total", labels(provider="anthropic", model=UNKNOWN_MODEL))] == 2
     waited = got[("coditect_rate_limit_wait_seconds_total", labels(provider="anthropic", model=MODEL))]
-    assert waited > 0.1  # back-to-back calls 0.1 s apart: several waited
+    assert waited > 0.2  # back-to-back calls 0.2 s apart: several waited
     # With one slot, a task waiting for capacity frees it; the next task claimed finds its capacity
     # further away than the horizon and goes back to the queue for that long.
     deferrals = got[("coditect_rate_limit_deferrals_total", labels(provider="anthropic", model=MODEL))]
@@ -192,7 +193,7 @@ async def test_metrics_scraped_over_http_from_a_worker_with_a_metrics_port(
         ("coditect_rate_limit_deferred_seconds_total", labels(provider="anthropic", model=MODEL))
     ]
     assert deferrals >= 1
-    assert deferred_s > 0.15 * deferrals
+    assert deferred_s > 0.3 * deferrals
 
 
 async def _running(orch: ProjectOrchestrator, batch_id: str) -> bool:
@@ -258,7 +259,9 @@ async def test_json_log_lines_carry_the_jobs_fields_and_no_secret(
     assert retry["attempt"] == 1
     assert "retrying in" in retry["message"]
     second_start = [e for e in in_jobs if e["task_id"] == retried and "try=2" in e["message"]]
-    assert [entry["attempt"] for entry in second_start] == [2]
+    # (A start sent back to the queue for capacity starts again, as try 2 still.)
+    assert second_start
+    assert {entry["attempt"] for entry in second_start} == {2}
     outside = [entry for entry in entries if entry not in in_jobs]
     assert all("job_id" not in entry for entry in outside)
     text = "\n".join(worker.lines)
