@@ -176,7 +176,6 @@ async def execute_task(
             refused = refused_result(parsed, reserved, job_try)
             if job_id is not None and job_try > 1:
                 refused = await runtime.with_prior_usage(job_id, refused)  # what its attempts spent counts
-            runtime.finished(refused)
             return refused.to_json_dict()
         if reserved is not None:
             raise CapacityDeferred(reserved)  # the budget has room once the running tasks settle
@@ -198,8 +197,7 @@ async def execute_task(
         raise Retry(defer=delay)
     if job_id is not None and job_try > 1:
         result = await runtime.with_prior_usage(job_id, result)
-    runtime.finished(result)
-    return result.to_json_dict()
+    return result.to_json_dict()  # the engine counts it in the metrics, as every task that ends
 
 
 def _invalid_payload(task: object, err: ValidationError, job_try: int) -> ExecutionResult:

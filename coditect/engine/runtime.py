@@ -192,6 +192,7 @@ class WorkerRuntime:
         return result
 
     def finished(self, result: ExecutionResult) -> None:
+        """Count a task that ended (the engine calls this once per task, whatever ended it)."""
         if self.metrics is not None:
             self.metrics.task_finished(result)
 

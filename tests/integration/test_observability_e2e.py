@@ -133,6 +133,17 @@ async def test_metrics_scraped_over_http_from_a_worker_with_a_metrics_port(
                 # A budget of 1 token: the first task runs, the other two end cancelled without running.
                 budgeted = [AgentTask(id=f"b{n}", title=f"Budgeted {n}", agent="priced") for n in range(3)]
                 results += await orch.run_batch(budgeted, batch_id="budget", budget_tokens=1, timeout_s=30)
+                # A running task aborted by a cancel: the engine ends it, not the job function.
+                doomed = AgentTask(id="d", title="sleep", agent="sleeper", metadata={"seconds": 60})
+                await orch.submit([doomed], batch_id="doomed")
+                await eventually(
+                    lambda: _running(orch, "doomed"),
+                    timeout_s=10,
+                    what="the doomed task to start",
+                    interval_s=0.05,
+                )
+                await orch.cancel("doomed")
+                results += await orch.wait("doomed", timeout_s=30)
                 idle = await eventually(
                     lambda: _gauges(http, in_flight=0, queue_depth=0),
                     timeout_s=10,
@@ -156,7 +167,7 @@ async def test_metrics_scraped_over_http_from_a_worker_with_a_metrics_port(
     )
     priced = [r for r in results if r.agent == "priced" and r.status is ExecutionStatus.SUCCESS]
     mystery = [r for r in results if r.agent == "mystery"]
-    assert [r.status for r in results].count(ExecutionStatus.CANCELLED) == 2
+    assert [r.status for r in results].count(ExecutionStatus.CANCELLED) == 3
     assert len(priced) == 3 + 5 + 1
     tasks = "coditect_tasks_total"
     assert got[(tasks, labels(status="success", agent="priced", provider="anthropic", model=MODEL))] == 9
@@ -166,6 +177,9 @@ async def test_metrics_scraped_over_http_from_a_worker_with_a_metrics_port(
     )
     assert got[(tasks, labels(status="success", agent="sleeper", provider="python", model=""))] == 1
     assert got[(tasks, labels(status="cancelled", agent="priced", provider="", model=""))] == 2
+    assert got[(tasks, labels(status="cancelled", agent="sleeper", provider="", model=""))] == 1
+    counted = sum(value for (name, _), value in got.items() if name == tasks)
+    assert counted == len(results)  # every task that ended, once
     duration = "coditect_task_duration_seconds"
     assert got[(f"{duration}_count", labels(agent="sleeper", status="success"))] == 1
     assert got[(f"{duration}_sum", labels(agent="sleeper", status="success"))] >= SLEEP_S
