@@ -47,7 +47,7 @@ from coditect.engine.context import (
 )
 from coditect.engine.create import WorkerSettingsBase
 from coditect.engine.runtime import BudgetRefused, WorkerRuntime, refused_result
-from coditect.errors import CapacityDeferred
+from coditect.errors import BudgetDeferred, CapacityDeferred
 from coditect.execution.executor import TaskExecutor
 from coditect.keys import JOB_NAME
 from coditect.llm.limits import RateLimiter
@@ -173,12 +173,13 @@ async def execute_task(
     if run is not None and run.budget:
         reserved = await runtime.reserve(run, parsed, agent, mode, dict(run_context.inputs))
         if isinstance(reserved, BudgetRefused):
+            logger.info("task %s: refused by its batch's budget, not run: %s", parsed.id, reserved.reason)
             refused = refused_result(parsed, reserved, job_try)
             if job_id is not None and job_try > 1:
                 refused = await runtime.with_prior_usage(job_id, refused)  # what its attempts spent counts
             return refused.to_json_dict()
         if reserved is not None:
-            raise CapacityDeferred(reserved)  # the budget has room once the running tasks settle
+            raise BudgetDeferred(reserved)
     try:
         result = await runtime.executor.execute(parsed, agent, mode, run=run_context)
     except CapacityDeferred as err:

@@ -235,8 +235,9 @@ class JobRunner:
         except CapacityDeferred as err:
             worker.jobs_retried += 1
             arq_log.info(
-                "%6.2fs ↻ %s waiting for capacity: back in %0.2fs", _since(start_ms), job.ref, err.delay_s
-            )
+                "%6.2fs ↻ %s waiting for %s: back in %0.2fs", _since(start_ms), job.ref, err.waiting_for,
+                err.delay_s,
+            )  # fmt: skip
             info = json.dumps({"event": "task.queued", "attempt": claim.job_try, "delay": err.delay_s})
             record = self._again(job, _now_ms() + int(err.delay_s * 1000), kind="defer", info=info)
         except Exception as err:

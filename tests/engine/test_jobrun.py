@@ -26,7 +26,7 @@ from coditect.engine.jobrun import batch_info
 from coditect.engine.metrics import WorkerMetrics
 from coditect.engine.runtime import WorkerRuntime
 from coditect.engine.worker import CoditectWorker
-from coditect.errors import CapacityDeferred
+from coditect.errors import BudgetDeferred, CapacityDeferred
 from coditect.execution.executor import TaskExecutor
 from coditect.keys import ABORT_SET, DEAD_LETTERS_KEY, JOB_NAME, job_id_for
 from coditect.models import AgentTask, ExecutionStatus
@@ -272,6 +272,34 @@ async def test_a_job_without_provider_capacity_goes_back_and_the_wait_is_not_a_t
     assert (worker.jobs_retried, worker.jobs_complete) == (1, 1)
     events = [fields[b"type"] for _, fields in await pool.xrange("coditect:events:b1")]
     assert events.count(b"task.queued") == 2
+
+
+@pytest.mark.parametrize(
+    ("deferral", "line"),
+    [
+        (CapacityDeferred(0.05), "waiting for capacity: back in 0.05s"),
+        (BudgetDeferred(0.05), "waiting for its batch's budget: back in 0.05s"),
+    ],
+    ids=["capacity", "budget"],
+)
+async def test_a_deferred_task_says_what_it_waits_for(
+    pool: ArqRedis, probe: Probe, backend: FakeBackend, caplog: pytest.LogCaptureFixture,
+    deferral: CapacityDeferred, line: str,
+) -> None:  # fmt: skip
+    async def deferred_once(ctx: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
+        probe.record(ctx)
+        if len(probe.calls) == 1:
+            raise deferral
+        return {"task_id": task["id"], "status": "success", "attempts": ctx["job_try"]}
+
+    backend.worker([func(deferred_once, name="execute_task")])
+    store = BatchStore(pool, queue_name=QUEUE, keep_result_s=60)
+    with caplog.at_level(logging.INFO, logger="arq.worker"):
+        await store.submit("b1", [AgentTask(id="t1", title="waits")])
+        await result_of(pool, job_id_for("b1", "t1"))
+
+    [deferred] = [record.getMessage() for record in caplog.records if "↻" in record.getMessage()]
+    assert deferred.endswith(f"↻ coditect:b1:t1:execute_task {line}")
 
 
 # -- abort ----------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from coditect.client.orchestrator import ProjectOrchestrator
 from coditect.models import AgentTask, ExecutionResult, ExecutionStatus, TokenUsage
 from coditect.settings import Settings
 from tests.support.provider_process import ProviderProcess, provider_process, run_cli, write_json
+from tests.support.workers import WorkerProcess
 
 StartWorkers = Callable[..., Any]
 
@@ -77,13 +78,13 @@ def spenders() -> list[AgentTask]:
 
 async def setup(
     tmp_path: Path, settings: Settings, start_workers: StartWorkers, provider: ProviderProcess
-) -> tuple[Settings, dict[str, str]]:
+) -> tuple[Settings, dict[str, str], list[WorkerProcess]]:
     """Two workers of 2 slots each; the agents file for the orchestrator and the command line."""
     agents = write_json(tmp_path / "agents.json", AGENTS)
     prices = write_json(tmp_path / "prices.json", PRICES)
     env = {"CODITECT_AGENTS_FILE": str(agents), "CODITECT_PRICES_FILE": str(prices)}
-    await start_workers(2, **provider.worker_env(**env, CODITECT_MAX_JOBS="2"))
-    return settings.model_copy(update={"agents_file": agents}), env
+    workers = await start_workers(2, **provider.worker_env(**env, CODITECT_MAX_JOBS="2"))
+    return settings.model_copy(update={"agents_file": agents}), env, workers
 
 
 def spent_when_crossed(
@@ -121,7 +122,7 @@ async def test_a_usd_budget_runs_out_mid_batch(
     real_settings: Settings, start_workers: StartWorkers, tmp_path: Path
 ) -> None:
     async with provider_process("--latency-s", "0.3") as provider:
-        settings, _ = await setup(tmp_path, real_settings, start_workers, provider)
+        settings, _, workers = await setup(tmp_path, real_settings, start_workers, provider)
         async with ProjectOrchestrator(settings) as orch:
             results = await orch.run_batch(spenders(), batch_id="usd", budget_usd=BUDGET_USD, timeout_s=60)
             summary = await orch.summary("usd")
@@ -147,13 +148,21 @@ async def test_a_usd_budget_runs_out_mid_batch(
     assert summary.cancelled is not None
     assert summary.cancelled in errors
     assert summary.totals["unpriced"] == 0  # unrun tasks have no price to miss
+    # The workers say why tasks went back to the queue, and why they ended unrun.
+    lines = [line for worker in workers for line in worker.lines]
+    assert any(
+        re.search(r"↻ coditect:usd:s\d+:execute_task waiting for its batch's budget: back in 1", line)
+        for line in lines
+    )
+    assert not any("waiting for capacity" in line for line in lines)
+    assert any("refused by its batch's budget, not run: budget exhausted: $" in line for line in lines)
 
 
 async def test_a_token_budget_runs_out_mid_batch(
     real_settings: Settings, start_workers: StartWorkers, tmp_path: Path
 ) -> None:
     async with provider_process("--latency-s", "0.3") as provider:
-        settings, _ = await setup(tmp_path, real_settings, start_workers, provider)
+        settings, _, _ = await setup(tmp_path, real_settings, start_workers, provider)
         async with ProjectOrchestrator(settings) as orch:
             results = await orch.run_batch(
                 spenders(), batch_id="tokens", budget_tokens=BUDGET_TOKENS, timeout_s=60
@@ -186,7 +195,7 @@ async def test_coditect_run_with_a_budget_exits_1_and_says_so(
         tmp_path / "budgeted.json", {"name": "spend", "budget_tokens": BUDGET_TOKENS, "tasks": tasks}
     )
     async with provider_process("--latency-s", "0.3") as provider:
-        _, env = await setup(tmp_path, real_settings, start_workers, provider)
+        _, env, _ = await setup(tmp_path, real_settings, start_workers, provider)
         cli_env = {**worker_env, **env, "COLUMNS": "200"}
         by_flag = await run_cli(
             ["run", str(plain), "--budget-usd", str(BUDGET_USD), "--batch-id", "flag"], cli_env
