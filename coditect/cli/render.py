@@ -184,10 +184,16 @@ def format_usd(value: float, digits: int = 3) -> str:
 
 
 def status_summary(summary: BatchSummary) -> str:
-    """``coditect status``: the batch, the count of tasks in each status, then its totals."""
+    """``coditect status``: the batch, the count of tasks in each status, then its totals.
+
+    A batch cancelled, timed out or stopped by its budget says why: ``finished (budget exhausted: ...)``,
+    or ``stopping (...)`` while its running tasks end.
+    """
     width = max(len(status) for status in STATUSES)
     number = len(str(summary.total))
-    state = "finished" if summary.finished else "cancelled" if summary.cancelled else "running"
+    state = "finished" if summary.finished else "stopping" if summary.cancelled else "running"
+    if summary.cancelled:
+        state += f" ({_clean(summary.cancelled)})"
     name = f" ({summary.name})" if summary.name else ""
     lines = [f"batch {summary.id}{name}: {summary.total} task{'' if summary.total == 1 else 's'}, {state}"]
     lines += [f"  {status.ljust(width)}  {summary.counts.get(status, 0):>{number}}" for status in STATUSES]
