@@ -148,14 +148,11 @@ async def test_a_usd_budget_runs_out_mid_batch(
     assert summary.cancelled is not None
     assert summary.cancelled in errors
     assert summary.totals["unpriced"] == 0  # unrun tasks have no price to miss
-    # The workers say why tasks went back to the queue, and why they ended unrun.
+    # The workers say why tasks ended unrun, and that any they sent back waited for the budget (whether
+    # one is sent back depends on when the first four finish: tests/engine/test_jobrun.py has the line).
     lines = [line for worker in workers for line in worker.lines]
-    assert any(
-        re.search(r"↻ coditect:usd:s\d+:execute_task waiting for its batch's budget: back in 1", line)
-        for line in lines
-    )
-    assert not any("waiting for capacity" in line for line in lines)
     assert any("refused by its batch's budget, not run: budget exhausted: $" in line for line in lines)
+    assert not any("waiting for capacity" in line for line in lines)
 
 
 async def test_a_token_budget_runs_out_mid_batch(
