@@ -52,7 +52,7 @@ from benchmarks.harness import (
 from benchmarks.metrics import CpuSample, FigureResult, Metric, Target
 from benchmarks.report import loadavg, machine_info, render_table, write_reports
 from coditect.client.orchestrator import ProjectOrchestrator
-from coditect.keys import job_id_for
+from coditect.keys import IN_PROGRESS_PREFIX, job_id_for
 from coditect.llm.base import Message
 from coditect.llm.factory import LlmFactory
 from coditect.settings import Settings
@@ -378,14 +378,23 @@ async def _until_running(orch: ProjectOrchestrator, job_ids: list[str], within_s
     try:
         async with asyncio.timeout(within_s):
             # The state is in Redis, and this figure's brief is to poll it.
-            while await orch.store.count_running(job_ids) < len(job_ids):  # noqa: ASYNC110
+            while await _count_running(orch, job_ids) < len(job_ids):  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
     except TimeoutError:
-        running = await orch.store.count_running(job_ids)
+        running = await _count_running(orch, job_ids)
         raise WrongResults(
             f"only {running} of {len(job_ids)} tasks were running after {within_s} s"
         ) from None
     await asyncio.sleep(0.2)  # the claimed jobs' coroutines have all started by now
+
+
+async def _count_running(orch: ProjectOrchestrator, job_ids: Sequence[str]) -> int:
+    """How many of ``job_ids`` a worker holds right now (an in-progress key each)."""
+    async with orch.redis.pipeline(transaction=False) as pipe:
+        for start in range(0, len(job_ids), 500):
+            pipe.exists(*(IN_PROGRESS_PREFIX + job_id for job_id in job_ids[start : start + 500]))
+        counts = await pipe.execute()
+    return int(sum(counts))
 
 
 # -- running them ------------------------------------------------------------------------------
