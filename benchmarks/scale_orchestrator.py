@@ -12,9 +12,13 @@ orch.as_completed(batch_id)`` (each result checked and dropped). Prints one JSON
   results record, in seconds after the call (wall clock, the same machine);
 - ``cpu_s``, ``submit_cpu_s``, ``wait_cpu_s``: this process's CPU (user + system) from the call to
   the end, up to the end of ``BatchStore.submit`` (the graph checks and the enqueue included), and
-  after it (the waiter following the batch and reading results);
+  after it (the waiter following the batch and reading results); ``gc_cpu_s`` and ``wait_gc_cpu_s``:
+  how much of ``cpu_s`` and ``wait_cpu_s`` the cyclic garbage collector took (``gc.callbacks``);
 - ``rss_before_mb``: resident memory at the call (the interpreter, the imports and the tasks built);
-  ``peak_rss_mb``: the process's high-water mark (``getrusage(RUSAGE_SELF).ru_maxrss``).
+  ``peak_rss_mb``: the process's high-water mark, ``VmHWM``. Not ``getrusage(RUSAGE_SELF).ru_maxrss``
+  (also printed, as ``ru_maxrss_mb``): on Linux it survives ``execve``, so it starts at the RSS of
+  the process that forked this one (the benchmark, 100-200 MB after a 100k run) and overstated a
+  10k run's peak by up to 2.5x in trial runs.
 
 Exits 2 with a message on stderr when a result is missing, repeated, or not a success of the
 offline provider.
@@ -23,6 +27,7 @@ offline provider.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import resource
 import sys
@@ -45,11 +50,12 @@ class WrongResult(Exception):
     pass
 
 
-def _rss_mb() -> float:
+def _status_mb(field_name: str) -> float:
+    """``VmRSS`` (resident now) or ``VmHWM`` (its peak) of this process, in MB (10^6 bytes)."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field_name + ":"):
             return int(line.split()[1]) * 1024 / 1e6
-    return 0.0
+    raise RuntimeError(f"no {field_name} in /proc/self/status")
 
 
 def _check(result: ExecutionResult) -> int:
@@ -59,9 +65,25 @@ def _check(result: ExecutionResult) -> int:
     return int(result.task_id[len(PREFIX) :])
 
 
+class GcClock:
+    """CPU seconds spent in the interpreter's cyclic garbage collector (``gc.callbacks``)."""
+
+    def __init__(self) -> None:
+        self.cpu_s = 0.0
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.process_time()
+        else:
+            self.cpu_s += time.process_time() - self._started
+
+
 async def measure(redis_url: str, count: int, mode: str, batch_id: str) -> dict[str, Any]:
     tasks = [AgentTask(id=f"{PREFIX}{i}", title=f"benchmark task {i}") for i in range(count)]
     marks: dict[str, float] = {}
+    gc_clock = GcClock()
+    gc.callbacks.append(gc_clock)
     async with ProjectOrchestrator(Settings(_env_file=None, redis_url=redis_url)) as orch:
         store = orch.store
         submit = store.submit
@@ -69,17 +91,19 @@ async def measure(redis_url: str, count: int, mode: str, batch_id: str) -> dict[
         async def timed_submit(*args: Any, **kwargs: Any) -> Submitted:
             submitted = await submit(*args, **kwargs)
             marks["submit_cpu"], marks["submit"] = time.process_time(), time.perf_counter()
+            marks["submit_gc_cpu"] = gc_clock.cpu_s
             return submitted
 
         store.submit = timed_submit  # type: ignore[method-assign]
         seen = bytearray(count)
         first_started, last_finished = float("inf"), 0.0
-        rss_before = _rss_mb()
+        rss_before = _status_mb("VmRSS")
         cpu_start, wall_start, started = time.process_time(), time.time(), time.perf_counter()
+        gc_start = gc_clock.cpu_s
         if mode == "run_batch":
             results = await orch.run_batch(tasks, timeout_s=TIMEOUT_S, batch_id=batch_id)
             elapsed = time.perf_counter() - started
-            cpu_end = time.process_time()
+            cpu_end, gc_end = time.process_time(), gc_clock.cpu_s
             for task, result in zip(tasks, results, strict=True):
                 if result.task_id != task.id:
                     raise WrongResult(f"result of {result.task_id} where {task.id} was expected")
@@ -92,7 +116,7 @@ async def measure(redis_url: str, count: int, mode: str, batch_id: str) -> dict[
                 seen[_check(result)] += 1
                 first_started, last_finished = _span(result, first_started, last_finished)
             elapsed = time.perf_counter() - started
-            cpu_end = time.process_time()
+            cpu_end, gc_end = time.process_time(), gc_clock.cpu_s
         if seen.count(1) != count:
             raise WrongResult(
                 f"{seen.count(0)} task(s) without a result, {count - seen.count(0) - seen.count(1)} twice"
@@ -107,8 +131,11 @@ async def measure(redis_url: str, count: int, mode: str, batch_id: str) -> dict[
         "cpu_s": cpu_end - cpu_start,
         "submit_cpu_s": marks["submit_cpu"] - cpu_start,
         "wait_cpu_s": cpu_end - marks["submit_cpu"],
+        "gc_cpu_s": gc_end - gc_start,
+        "wait_gc_cpu_s": gc_end - marks["submit_gc_cpu"],
         "rss_before_mb": rss_before,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6,
+        "peak_rss_mb": _status_mb("VmHWM"),
+        "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6,
     }
 
 
