@@ -203,16 +203,22 @@ class BatchStore:
         for name, value in (fields or {}).items():
             flat += [name, value]
         meta = json.dumps(flat)
-        rows = [(task.id, task.model_dump_json(), " ".join(task.depends_on)) for task in tasks]
-        size = sum(len(row[1]) for row in rows)
-        one_call = atomic or (len(rows) <= ATOMIC_TASKS and size <= ATOMIC_BYTES)
-        chunk = len(rows) if one_call else CHUNK
+        one_call, rows = atomic, None
+        if atomic or len(tasks) <= ATOMIC_TASKS:
+            rows = [_row(task) for task in tasks]
+            one_call = atomic or sum(len(row[1]) for row in rows) <= ATOMIC_BYTES
+        # A batch sent in chunks has each chunk's rows made just before it is sent: the first tasks
+        # start without waiting for the rest to be serialized, and only a chunk is held at a time.
+        chunk = len(tasks) if one_call else CHUNK
         first = True
         added, last_event = 0, ""
-        for start in range(0, max(len(rows), 1), max(chunk, 1)):
+        for start in range(0, max(len(tasks), 1), max(chunk, 1)):
             how = ("again" if recreate else "new") if first else "more"
             args: list[Any] = [*self._head(), batch_id, how, meta]
-            for row in rows[start : start + chunk]:
+            part = (
+                rows[start : start + chunk] if rows is not None else map(_row, tasks[start : start + chunk])
+            )
+            for row in part:
                 args += row
             status, count, event_id = await self._submit(keys=[self.queue_name], args=args)
             if first and not int(status):
@@ -335,6 +341,11 @@ class BatchStore:
             await self.redis.zrem(BATCHES_KEY, *gone)
         summaries = [summary_from(batch_id, raw) for batch_id, raw in zip(ids, metas, strict=True) if raw]
         return summaries[:limit]
+
+
+def _row(task: AgentTask) -> tuple[str, str, str]:
+    """A task as the submit script takes it: id, JSON, dependency ids separated by spaces."""
+    return task.id, task.model_dump_json(), " ".join(task.depends_on)
 
 
 def _text(value: Any) -> str:
