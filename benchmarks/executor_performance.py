@@ -159,6 +159,24 @@ async def throughput(bench: Bench, out: FigureResult) -> None:
     out.add(Metric(f"makespan, {count:,} x 1 s, with events", "s", makespans, target, events))
     peers = "2 workers here: ARQ ~1,060/s, SAQ ~3,000, taskiq ~3,350, Dramatiq ~3,900"
     out.add(Metric("tasks per second", "tasks/s", [count / seconds for seconds in makespans], notes=peers))
+    # The same on workers as `arq coditect.jobs.WorkerSettings` starts them by default: ARQ's two INFO
+    # lines per job (the figures above, like the ARQ baseline and the peers, run without them).
+    env = {"CODITECT_OFFLINE_LATENCY_S": "1", "CODITECT_MAX_JOBS": "10000"}
+    async with bench.coditect_workers_with_job_lines(2, **env), bench.orchestrator() as orch:
+        lines_warmup, lines_runs = await warm_then_measure(
+            bench.pick(2, 1), partial(fresh_batch, orch, count, "tpl")
+        )
+    out.raw["with_job_lines"] = {"warmup": asdict(lines_warmup), "runs": [asdict(run) for run in lines_runs]}
+    story = _story(lines_warmup, lines_runs)
+    notes = f"workers' default logging: ARQ's INFO line as each job starts and ends; {story}"
+    out.add(
+        Metric(
+            f"makespan, {count:,} x 1 s, per-job log lines",
+            "s",
+            [r.elapsed_s for r in lines_runs],
+            notes=notes,
+        )
+    )
 
 
 @figure("hop", "hop: a chain of 200 zero-latency tasks, each after the previous one, 2 workers")
