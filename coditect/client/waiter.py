@@ -159,12 +159,15 @@ class BatchWaiter:
         )
 
     async def _settle(self) -> list[ExecutionResult]:
-        """Results of the tasks that ended but were not yielded yet (read by state, not by event)."""
-        states = await self.store.states(self.batch_id)
-        ended = [task for task, status in states.items() if status.is_final and task not in self._seen]
-        found = await self.store.fetch_results(self.batch_id, ended)
-        self._seen.update(found)
-        return list(found.values())
+        """Results of the tasks that ended but were not yielded yet (read by state, not by event),
+        the states a chunk at a time: a batch of 100,000 is not read into memory at once."""
+        results: list[ExecutionResult] = []
+        async for ended in self.store.ended_task_ids(self.batch_id):
+            fresh = [task for task in dict.fromkeys(ended) if task not in self._seen]
+            found = await self.store.fetch_results(self.batch_id, fresh) if fresh else {}
+            self._seen.update(found)
+            results += found.values()
+        return results
 
 
 def _ended_count(event: Event) -> int:
