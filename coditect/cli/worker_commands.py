@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from coditect.cli.shared import (
     EXIT_NOT_ALL_SUCCEEDED,
@@ -78,24 +78,41 @@ async def _check(settings: Settings) -> int:
 
 
 async def cmd_dead_letters(args: argparse.Namespace) -> int:
-    import json
-
     from coditect.keys import DEAD_LETTERS_KEY
 
-    async with open_orchestrator(
-        load_settings(args), command="dead-letters", shared=True, answer_within_s=ONE_SHOT_DEADLINE_S
-    ) as orch:
-        raw = await orch.redis.lrange(DEAD_LETTERS_KEY, 0, -1)  # type: ignore[misc]
+    # One transaction: --clear deletes exactly what was listed, not an entry pushed meanwhile.
+    async with (
+        open_orchestrator(
+            load_settings(args), command="dead-letters", shared=True, answer_within_s=ONE_SHOT_DEADLINE_S
+        ) as orch,
+        orch.redis.pipeline(transaction=True) as pipe,
+    ):
+        pipe.lrange(DEAD_LETTERS_KEY, 0, -1)
         if args.clear:
-            await orch.redis.delete(DEAD_LETTERS_KEY)
-    entries = [json.loads(item) for item in raw]
+            pipe.delete(DEAD_LETTERS_KEY)
+        raw, *_ = await pipe.execute()
+    entries = [_dead_letter(item) for item in raw]
     if args.json:
         print_json(entries)
     elif not entries:
         print("no dead letters")
     else:
         for entry in entries:
-            print(f"{entry.get('job_id', '?')}: {entry.get('reason', '?')}")
+            print(f"{entry.get('job_id') or '?'}: {entry.get('reason') or '?'}")
     if args.clear and not args.json:
         print(f"cleared {len(entries)} dead letter(s)")
     return EXIT_OK
+
+
+def _dead_letter(raw: bytes) -> dict[str, Any]:
+    """An entry of the list as the engine wrote it, or what can be shown of one somebody else pushed."""
+    import json
+
+    try:
+        entry = json.loads(raw)
+    except ValueError:
+        entry = None
+    if isinstance(entry, dict):
+        return entry
+    shown = raw[:100].decode(errors="backslashreplace")
+    return {"job_id": None, "reason": f"not an entry coditect wrote: {shown}"}

@@ -3,8 +3,8 @@
 --       finished-batch keep ms, job expiry ms, '1' when aborts are allowed (else the abort set is
 --       left alone, as ARQ does), then optionally the ids to claim (instead of what is due first).
 -- Claims up to max due jobs nobody holds. Returns {id, payload, try, score, aborted, depth, error}
--- per job: try is -1 and error says why when the job's retry counter is unusable (set by hand to
--- a non-integer or to the largest integer): the worker records that job as failed without running it.
+-- per job: error says why when the job's retry counter is unusable (set by hand to a non-integer or
+-- to the largest integer; try is 0 then): the worker records that job as failed without running it.
 -- Jobs whose lease ran out (their worker died) come first: their queue score is the lease deadline,
 -- which would put them behind every job queued before it. Then the queue head, in score order.
 -- Due jobs held by someone else (a plain ARQ worker keeps a running job's score) are stepped over,
@@ -21,7 +21,7 @@ local function claim(id, score)
   local problem = ''
   if type(try) == 'table' then
     problem = 'retry counter ' .. RETRY .. id .. ' is unusable: ' .. tostring(try.err)
-    try = -1
+    try = 0
   else
     redis.call('EXPIRE', RETRY .. id, RETRY_TTL_S)
   end
