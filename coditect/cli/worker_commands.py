@@ -40,6 +40,7 @@ async def cmd_worker(args: argparse.Namespace) -> int:
     from coditect.engine.create import create_worker
     from coditect.errors import BackendUnavailableError
     from coditect.jobs import SETTINGS_KEY
+    from coditect.redis_errors import refusal, short_error
 
     # Built inside the running loop: ARQ installs its SIGINT/SIGTERM handlers on this loop, and on a
     # signal it cancels the worker's main task, which is how a worker is meant to stop.
@@ -52,8 +53,11 @@ async def cmd_worker(args: argparse.Namespace) -> int:
             raise  # this command itself is being cancelled, not the worker stopped by a signal
         logger.info("worker stopped by a signal")
     except (RedisError, OSError) as err:
+        refused = refusal(err, redact_url(settings.redis_url)) if isinstance(err, RedisError) else None
+        if refused is not None:
+            raise refused from err
         raise BackendUnavailableError(
-            f"cannot reach Redis at {redact_url(settings.redis_url)}: {err}"
+            f"cannot reach Redis at {redact_url(settings.redis_url)}: {short_error(err)}"
         ) from err
     finally:
         await worker.close()  # lets running jobs record their outcome, runs on_shutdown, closes the pool
