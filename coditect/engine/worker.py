@@ -33,9 +33,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from arq.connections import log_redis_info
 from arq.worker import Worker
-from redis.exceptions import NoPermissionError, RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from coditect.backoff import redis_backoff_s
 from coditect.clock import now_ms
@@ -48,6 +47,8 @@ from coditect.engine.registry import WorkerRegistry
 from coditect.engine.slots import Slot, Slots
 from coditect.keys import WORKER_CHANNEL_PREFIX, leases_key, wake_channel
 from coditect.lua import script
+from coditect.redis_config import PolicyCheck, describe_server
+from coditect.redis_errors import RefusalLog
 from coditect.serialization import job_deserializer, job_serializer
 
 __all__ = ["DEFAULT_LEASE_S", "CoditectWorker"]
@@ -95,6 +96,7 @@ class CoditectWorker(Worker):
         self._claims: dict[str, Claim] = {}
         self._child_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._runner = JobRunner(self)
+        self._refusals = RefusalLog()  # what Redis refuses (the ACL, memory) is said once, not every retry
         # A run_job wrapped by an integration (sentry-sdk's ARQ integration does) runs every job.
         self._run_job_entry: Callable[[Worker, str, int], Awaitable[None]] = run_job_entry(type(self))
 
@@ -134,12 +136,7 @@ class CoditectWorker(Worker):
         self._pool = None
 
     async def _log_server_info(self) -> None:
-        try:
-            await log_redis_info(self.pool, arq_log.info)
-        except NoPermissionError:
-            logger.info("redis server not described: this Redis user may not run INFO")
-        except ResponseError:
-            logger.info("redis server without INFO (embedded backend)")
+        await describe_server(self.pool, arq_log.info, PolicyCheck("worker"))
 
     # -- the engine ---------------------------------------------------------------------------
 
@@ -240,9 +237,10 @@ class CoditectWorker(Worker):
             except (RedisError, OSError) as err:  # OSError includes the TimeoutError above
                 delay = redis_backoff_s(failures)
                 failures += 1
-                logger.warning(
-                    "redis error in worker loop (%s); retrying in %.2f s", str(err) or repr(err), delay
-                )
+                if not self._refusals.report(err, "this worker takes no jobs until Redis allows it"):
+                    logger.warning(
+                        "redis error in worker loop (%s); retrying in %.2f s", str(err) or repr(err), delay
+                    )
                 await asyncio.sleep(delay)
                 continue
             if claimed and claimed == limit:
@@ -335,7 +333,8 @@ class CoditectWorker(Worker):
             except (RedisError, OSError) as err:
                 delay = redis_backoff_s(failures)
                 failures += 1
-                logger.debug("wake-up channel lost (%s); resubscribing in %.2f s", err, delay)
+                if not self._refusals.report(err, "idle workers poll the queue instead of waking on enqueue"):
+                    logger.debug("wake-up channel lost (%s); resubscribing in %.2f s", err, delay)
                 await asyncio.sleep(delay)
 
     def _child_finished(self, job_id: str | None) -> None:
