@@ -10,6 +10,8 @@ and read results, and adds keys of its own under ``coditect:``:
   in-progress key holds the claiming worker's token with the same TTL; ``<queue>:leases`` indexes
   the deadlines, so that claims take a dead worker's jobs first.
 - a **wake-up channel** ``<queue>:wake``: enqueuers publish to it, idle workers listen.
+- a worker's **last claim** ``coditect:claim:<token>``: its sequence number and the jobs it claimed,
+  kept for one lease, so that a worker whose claim reply was lost can ask for those jobs again.
 - a **done list** ``coditect:done:<batch>`` per batch: workers push the id of every finished job.
 - **rate limits** under ``coditect:limit:`` (``coditect.llm.limits``): ``tat:<dimension>:<provider>``
   (a provider-wide limit) and ``tat:<dimension>:<provider>:<model>`` hold the theoretical arrival time
@@ -36,6 +38,7 @@ __all__ = [
     "BATCHES_KEY",
     "BATCH_KEY_PREFIX",
     "BATCH_RUNNING_TTL_MS",
+    "CLAIM_KEY_PREFIX",
     "CRON_KEEP_IN_PROGRESS_S",
     "DEAD_LETTERS_KEY",
     "DONE_KEY_PREFIX",
@@ -78,6 +81,7 @@ WORKER_CHANNEL_PREFIX = "coditect:worker:"
 WORKERS_KEY = "coditect:workers"
 WORKER_KEY_PREFIX = "coditect:worker:"
 DEAD_LETTERS_KEY = "coditect:dead-letters"
+CLAIM_KEY_PREFIX = "coditect:claim:"
 DONE_KEY_PREFIX = "coditect:done:"
 JOB_ID_PREFIX = "coditect:"
 # A batch's keys live this long while it runs (a worker refreshes them), and CODITECT_KEEP_RESULT_S

@@ -40,6 +40,7 @@ from coditect.backoff import redis_backoff_s
 from coditect.clock import now_ms
 from coditect.connections import create_arq_pool
 from coditect.engine.arq_compat import run_job_entry
+from coditect.engine.claimer import Claimer
 from coditect.engine.claims import Claim, parse_rows, set_aside
 from coditect.engine.flusher import ResultFlusher
 from coditect.engine.jobrun import JobRunner
@@ -156,7 +157,9 @@ class CoditectWorker(Worker):
         if self._helpers:
             return
         self._lease_ms = int(self.lease_s * 1000)
-        self._claim = self.pool.register_script(script("claim"))
+        self._claimer = Claimer(
+            self.pool, queue_name=self.queue_name, token=self.token, lease_ms=self._lease_ms
+        )
         self._heartbeat_script = self.pool.register_script(script("heartbeat"))
         self._flusher = ResultFlusher(
             self.pool.register_script(script("finish")),
@@ -251,9 +254,8 @@ class CoditectWorker(Worker):
                         await self._wake.wait()
 
     async def _claim_jobs(self, limit: int, *, only: list[str] | None = None) -> int:
-        rows = await self._claim(
-            keys=[self.queue_name, leases_key(self.queue_name)],
-            args=[
+        rows = await self._claimer.claim(
+            [
                 now_ms(),
                 self._lease_ms,
                 limit,
@@ -264,8 +266,8 @@ class CoditectWorker(Worker):
                 int(self.batch_keep_s * 1000),
                 self.expires_extra_ms,
                 "1" if self.allow_abort_jobs else "0",
-                *(only or ()),
             ],
+            only or (),
         )
         claims, poison = parse_rows(rows)
         if poison:
