@@ -45,10 +45,11 @@ class ServerInfo:
         return max(0, self.maxmemory - self.used_memory)
 
 
-async def read_server_info(redis: Redis) -> ServerInfo | None:
-    """The server's INFO, or None when this Redis user may not run it."""
+async def read_server_info(redis: Redis, section: str | None = None) -> ServerInfo | None:
+    """The server's INFO (one ``section``, or the default ones), or None when this Redis user may not
+    run it. ``memory`` is enough for the checks: the memory figures and the policy."""
     try:
-        info: dict[str, Any] = await redis.info()  # the default sections: one per call before Redis 7
+        info: dict[str, Any] = await redis.info(section)
     except NoPermissionError:
         return None
     except ResponseError:  # a server without INFO (the embedded fakeredis): no limit, no eviction

@@ -11,9 +11,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from coditect.errors import RedisRefusedError
+from coditect.models import AgentTask
 from coditect.redis_config import ServerInfo, human_bytes
 
-__all__ = ["check_room", "estimated_bytes"]
+__all__ = ["MEMORY_CHECK_MIN_BYTES", "check_room", "estimated_bytes", "rough_bytes"]
+
+# A batch estimated under this is not checked (INFO costs a round trip, a quarter of a one-task batch's):
+# it cannot take Redis far past maxmemory, and once Redis is past it, it refuses the batch whole.
+MEMORY_CHECK_MIN_BYTES = 1024 * 1024
 
 
 def estimated_bytes(tasks_json: Sequence[str]) -> int:
@@ -24,6 +29,15 @@ def estimated_bytes(tasks_json: Sequence[str]) -> int:
     jemalloc: 2.1-2.6x the JSON, plus 650-850 bytes a task. Results come later and are not counted.
     """
     return sum(len(text.encode()) for text in tasks_json) * 5 // 2 + 1024 * len(tasks_json)
+
+
+def rough_bytes(tasks: Sequence[AgentTask]) -> int:
+    """``estimated_bytes`` from the lengths of the tasks' texts, without building their JSON."""
+    chars = sum(
+        len(task.title) + len(task.description) + sum(len(k) + len(str(v)) for k, v in task.metadata.items())
+        for task in tasks
+    )
+    return chars * 5 // 2 + 1024 * len(tasks)
 
 
 def check_room(batch_id: str, tasks_json: Sequence[str], server: ServerInfo) -> None:

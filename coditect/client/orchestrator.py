@@ -21,6 +21,7 @@ from coditect.backoff import outlasting_outages
 from coditect.client.batches import BatchStore, BatchSummary, Submitted
 from coditect.client.events import Event, follow_events, read_events
 from coditect.client.graph import check_batch, dependency_order, dependency_waves
+from coditect.client.memory import MEMORY_CHECK_MIN_BYTES, rough_bytes
 from coditect.client.progress import BatchProgress, ProgressCallback
 from coditect.client.waiter import BatchLost, BatchWaiter, DeadlineReached
 from coditect.connections import create_redis_pool, redact_url
@@ -73,6 +74,7 @@ class ProjectOrchestrator:
         self._redis: ArqRedis | None = None
         self._store: BatchStore | None = None
         self._policy = PolicyCheck("orchestrator")
+        self._info_refused = False
 
     async def __aenter__(self) -> ProjectOrchestrator:
         await self.open()
@@ -180,7 +182,8 @@ class ProjectOrchestrator:
                 f"{batch_id!r} is not a batch id: use 1-64 letters, digits, '_', '.' or '-'", field="batch_id"
             )
         with refusals(self._url, doing=f"batch {batch_id} was not enqueued"):
-            server = await self._server_info()
+            checked = not self._policy.done or rough_bytes(ordered) >= MEMORY_CHECK_MIN_BYTES
+            server = await self._server_info() if checked else None
             submitted = await outlasting_outages(
                 lambda: self.store.submit(batch_id, ordered, fields={"name": name}, server=server),
                 REDIS_REPLY_TIMEOUT_S * (1 + len(tasks) // 500),
@@ -191,10 +194,11 @@ class ProjectOrchestrator:
 
     async def _server_info(self) -> ServerInfo | None:
         """INFO for the memory check, and the eviction policy said once; None when INFO is refused."""
-        if self.settings.embedded:
+        if self.settings.embedded or self._info_refused:
             return None
-        info = await outlasting_outages(lambda: read_server_info(self.redis), REDIS_REPLY_TIMEOUT_S)
+        info = await outlasting_outages(lambda: read_server_info(self.redis, "memory"), REDIS_REPLY_TIMEOUT_S)
         self._policy.check(info)
+        self._info_refused = info is None  # the ACL will not change its mind for this orchestrator
         return info
 
     @property

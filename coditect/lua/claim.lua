@@ -56,12 +56,13 @@ end
 local function remembered()
   local seq = ARGV[11]
   if seq and seq ~= '' and #claimed > 0 then
-    local last = LAST_CLAIM .. ARGV[4]
-    redis.call('DEL', last)
-    redis.call('RPUSH', last, seq)
-    for _, row in ipairs(claimed) do
-      redis.call('RPUSH', last, row[1], row[3] .. ' ' .. row[4] .. ' ' .. row[5] .. ' ' .. row[6] .. ' ' .. row[7])
+    local last, items = LAST_CLAIM .. ARGV[4], {seq}
+    for _, row in ipairs(claimed) do  -- at most MAX_CLAIM rows: well within unpack's limit
+      items[#items + 1] = row[1]
+      items[#items + 1] = row[3] .. ' ' .. row[4] .. ' ' .. row[5] .. ' ' .. row[6] .. ' ' .. row[7]
     end
+    redis.call('DEL', last)
+    redis.call('RPUSH', last, unpack(items))
     redis.call('PEXPIRE', last, lease)
   end
   return claimed

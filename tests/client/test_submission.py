@@ -18,7 +18,7 @@ from redis.exceptions import ResponseError
 
 import coditect.client.batches as batches
 from coditect.client.batches import BatchStore
-from coditect.client.memory import check_room, estimated_bytes
+from coditect.client.memory import check_room, estimated_bytes, rough_bytes
 from coditect.errors import RedisRefusedError
 from coditect.keys import JOB_NAME
 from coditect.lua import script
@@ -142,3 +142,13 @@ def test_the_estimate_counts_each_task_twice_rounded_up_and_in_bytes() -> None:
     assert estimated_bytes(["x" * 1000]) == 2500 + 1024
     assert estimated_bytes(["é" * 1000]) == 5000 + 1024  # two bytes each in UTF-8
     assert estimated_bytes([]) == 0
+
+
+def test_the_rough_estimate_from_text_lengths_is_close_to_the_one_from_json() -> None:
+    batch = [
+        AgentTask(id=f"t{i}", title="a title", description="d" * 4000, metadata={"k": "v"}) for i in range(10)
+    ]
+
+    rough, exact = rough_bytes(batch), estimated_bytes([task.model_dump_json() for task in batch])
+
+    assert 0.9 * exact < rough <= exact
