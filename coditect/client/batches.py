@@ -238,13 +238,19 @@ class BatchStore:
                 added += int(count)
                 last_event = _text(event_id) or last_event
         except (Exception, asyncio.CancelledError) as err:
-            if len(starts) > 1:
-                await self._withdraw(batch_id, token, err)
+            if len(starts) > 1 and await self._withdraw(batch_id, token, err) and isinstance(err, REDIS_DOWN):
+                # Sending it again would meet its aborted tasks finishing under the same job ids.
+                raise BackendUnavailableError(
+                    f"batch {batch_id}: the connection to Redis was lost while it was sent "
+                    f"({short_error(err)}); it was withdrawn and its started tasks aborted: submit it again"
+                ) from err
             raise
         return Submitted(batch_id, created=True, added=added, last_event_id=last_event)
 
-    async def _withdraw(self, batch_id: str, token: str, err: BaseException) -> None:
-        """Take back the chunks of a batch whose later chunk failed with ``err``."""
+    async def _withdraw(self, batch_id: str, token: str, err: BaseException) -> int:
+        """Take back the chunks of a batch whose later chunk failed with ``err``; returns how many of
+        its tasks had started (they are asked to abort). After a lost connection with none started, the
+        caller may send the batch again."""
         outage = Outage()
         while True:
             try:
@@ -258,18 +264,20 @@ class BatchStore:
                     logger.error(
                         "batch %s: sent in part, and not withdrawn: %s", batch_id, short_error(failure)
                     )
-                    return  # the caller is being cancelled: no waiting out an outage
+                    return 0  # the caller is being cancelled: no waiting out an outage
                 try:
                     await outage.backoff(failure)
                 except RedisOutageError as outlasted:
                     raise _not_withdrawn(batch_id, outlasted) from err
             except RedisError as failure:
                 raise _not_withdrawn(batch_id, failure) from err
-        if int(queued) >= 0:
-            logger.warning(
-                "batch %s: not enqueued whole (%s); withdrawn: %d queued task(s) removed, %d running aborted",
-                batch_id, short_error(err), int(queued), int(running),
-            )  # fmt: skip
+        if int(queued) < 0:
+            return 0  # not this submission's: nothing of it was written
+        logger.warning(
+            "batch %s: not enqueued whole (%s); withdrawn: %d queued task(s) removed, %d running aborted",
+            batch_id, short_error(err), int(queued), int(running),
+        )  # fmt: skip
+        return int(running)
 
     async def cancel(
         self, batch_id: str, *, reason: str, as_timeout: bool = False

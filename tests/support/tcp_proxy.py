@@ -7,7 +7,9 @@ rounds)`` does that on a timer and stops by itself after ``rounds`` cuts. ``free
 quieter fault: every open connection stays open but nothing more crosses it, in either direction (a
 network path that lost its state without telling anyone); new connections work.
 ``lose_replies_to(marker)`` loses less: the next request that contains ``marker`` reaches the server,
-and nothing the server sends back on that connection arrives (the reply to a command that ran).
+and nothing the server sends back on that connection arrives (the reply to a command that ran);
+``cut_on(marker)`` resets the connection that carries the next request containing ``marker``, which
+never reaches the server.
 Loopback only.
 
 It runs on the test's event loop: never block that loop (``Popen.wait()``) while it serves, or the
@@ -58,6 +60,7 @@ class TcpProxy:
         self.cut_rounds = 0
         self.replies_lost = 0
         self._lose_replies_to: bytes | None = None
+        self._cut_on: bytes | None = None
         self._links: set[_Link] = set()
         self._handlers: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
@@ -117,6 +120,11 @@ class TcpProxy:
     ) -> None:
         with contextlib.suppress(OSError):
             while data := await reader.read(CHUNK_BYTES):
+                if request and self._cut_on is not None and self._cut_on in data:
+                    self._cut_on = None
+                    self.cut += 1
+                    link.reset()
+                    return
                 if request and self._lose_replies_to is not None and self._lose_replies_to in data:
                     self._lose_replies_to = None
                     link.replies_lost = True
@@ -145,6 +153,10 @@ class TcpProxy:
     def lose_replies_to(self, marker: bytes) -> None:
         """The next request containing ``marker`` goes through; its connection's replies never arrive."""
         self._lose_replies_to = marker
+
+    def cut_on(self, marker: bytes) -> None:
+        """Reset the connection of the next request containing ``marker``, before it reaches the server."""
+        self._cut_on = marker
 
     def start_cutting(self, every_s: float, rounds: int) -> None:
         """Cut every connection every ``every_s`` seconds, ``rounds`` times, in the background."""
