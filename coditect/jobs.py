@@ -20,10 +20,11 @@ coditect's engine, queue, serializer and job (``coditect.engine.create.WorkerSet
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from arq.worker import Retry, func
 from pydantic import ValidationError
@@ -31,19 +32,42 @@ from pydantic import ValidationError
 from coditect.agents import AgentRegistry
 from coditect.connections import redis_settings_from
 from coditect.engine.arq_compat import SETTINGS_MARK, install
-from coditect.engine.context import JOB_RUN_KEY, JobRun
+from coditect.engine.context import (
+    AGENTS_KEY,
+    EMBEDDED_KEY,
+    EXECUTOR_KEY,
+    JOB_RUN_KEY,
+    RUNTIME_KEY,
+    SCHEDULER_KEY,
+    SETTINGS_KEY,
+    WORKER_KEY,
+    JobContext,
+    JobRun,
+    WorkerContext,
+)
 from coditect.engine.create import WorkerSettingsBase
-from coditect.execution.context import RunContext
+from coditect.engine.runtime import BudgetRefused, WorkerRuntime, refused_result
+from coditect.errors import CapacityDeferred
 from coditect.execution.executor import TaskExecutor
-from coditect.keys import JOB_NAME, RESULT_PREFIX, job_id_for
+from coditect.keys import JOB_NAME
+from coditect.llm.limits import RateLimiter
 from coditect.logs import ensure_worker_logging
 from coditect.models import AgentTask, ExecutionResult, ExecutionStatus
-from coditect.results import result_from_arq
 from coditect.serialization import job_deserializer, job_serializer
 from coditect.settings import Settings
 
+if TYPE_CHECKING:
+    from arq.typing import WorkerCoroutine
+
 __all__ = [
+    "AGENTS_KEY",
+    "EMBEDDED_KEY",
+    "EXECUTOR_KEY",
     "JOB_NAME",
+    "RUNTIME_KEY",
+    "SCHEDULER_KEY",
+    "SETTINGS_KEY",
+    "WORKER_KEY",
     "WorkerSettings",  # noqa: F822  # built on first access by the module __getattr__ below
     "execute_task",
     "job_deserializer",
@@ -56,14 +80,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 JOB_TIMEOUT_GRACE_S = 5.0
-SETTINGS_KEY = "coditect_settings"
-EXECUTOR_KEY = "coditect_executor"
-EMBEDDED_KEY = "coditect_embedded"
-AGENTS_KEY = "coditect_agents"
-WORKER_KEY = "coditect_worker"
 
 
-async def startup(ctx: dict[str, Any]) -> None:
+async def startup(ctx: WorkerContext) -> None:
     """Create the worker's one TaskExecutor (and so its one HTTP pool); refuse a plain ARQ worker."""
     if ctx.get(WORKER_KEY) is None:
         raise RuntimeError(
@@ -74,11 +93,22 @@ async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx.get(SETTINGS_KEY) or Settings()
     ctx[SETTINGS_KEY] = settings
     agents = ctx.get(AGENTS_KEY) or AgentRegistry.from_settings(settings)
-    executor = TaskExecutor(settings, agents=agents)
+    limiter = RateLimiter.from_settings(ctx["redis"], settings)  # a bad limits file stops the worker here
+    executor = TaskExecutor(settings, agents=agents, limiter=limiter)
     executor.llm_factory.create(settings.provider)  # open the default provider's client now: fail early
     ctx[EXECUTOR_KEY] = executor
+    runtime = ctx[RUNTIME_KEY] = WorkerRuntime(ctx["redis"], executor, worker=ctx[WORKER_KEY])
+    if settings.metrics_port is not None and not ctx.get(EMBEDDED_KEY):
+        from coditect.engine.metrics import WorkerMetrics
+
+        runtime.metrics = WorkerMetrics()
+        runtime.metrics_server = runtime.metrics.serve(settings.metrics_port)
+        runtime.start_gauges()
+        logger.info("metrics on port %d (/metrics)", runtime.metrics_server.port)
     if not ctx.get(EMBEDDED_KEY):
-        ensure_worker_logging()  # after the SDK import, which may add handlers of its own
+        ensure_worker_logging(settings)  # after the SDK import, which may add handlers of its own
+        if settings.schedule_file is not None:
+            ctx[SCHEDULER_KEY] = _start_scheduler(ctx, settings, agents)
     logger.info(
         "coditect worker ready: queue %s, provider %s, max_jobs %d",
         settings.queue_name,
@@ -87,10 +117,33 @@ async def startup(ctx: dict[str, Any]) -> None:
     )
 
 
-async def shutdown(ctx: dict[str, Any]) -> None:
-    executor: TaskExecutor | None = ctx.pop(EXECUTOR_KEY, None)
-    if executor is not None:
-        await executor.aclose()
+def _start_scheduler(ctx: WorkerContext, settings: Settings, agents: AgentRegistry) -> asyncio.Task[None]:
+    """This worker's part in the scheduled batches (every worker with the setting takes part)."""
+    from coditect.client.batches import BatchStore
+    from coditect.engine.schedule import Scheduler, load_schedules
+
+    assert settings.schedule_file is not None
+    schedules = load_schedules(settings.schedule_file, agents)  # a bad file stops the worker at start
+    store = BatchStore(
+        ctx["redis"],
+        queue_name=settings.queue_name,
+        keep_result_s=settings.keep_result_s,
+        events_max_len=settings.events_max_len,
+    )
+    names = ", ".join(entry.schedule.name for entry in schedules)
+    logger.info("schedules from %s: %s", settings.schedule_file, names or "none")
+    return asyncio.create_task(Scheduler(store, schedules).run(), name="coditect-scheduler")
+
+
+async def shutdown(ctx: WorkerContext) -> None:
+    scheduler: asyncio.Task[None] | None = ctx.pop(SCHEDULER_KEY, None)
+    if scheduler is not None:
+        scheduler.cancel()
+        await asyncio.gather(scheduler, return_exceptions=True)
+    ctx.pop(EXECUTOR_KEY, None)
+    runtime: WorkerRuntime | None = ctx.pop(RUNTIME_KEY, None)
+    if runtime is not None:
+        await runtime.aclose()
 
 
 def retry_delay_s(job_try: int, retry_after_s: float | None, settings: Settings) -> float:
@@ -102,7 +155,7 @@ def retry_delay_s(job_try: int, retry_after_s: float | None, settings: Settings)
 
 
 async def execute_task(
-    ctx: dict[str, Any], task: dict[str, Any] | str, agent: str | None = None, mode: str | None = None
+    ctx: JobContext, task: dict[str, Any] | str, agent: str | None = None, mode: str | None = None
 ) -> dict[str, Any]:
     """Run one task (a dict or its JSON text) and return its ``ExecutionResult`` as a JSON dict."""
     settings: Settings = ctx[SETTINGS_KEY]
@@ -113,37 +166,36 @@ async def execute_task(
         )
     except ValidationError as err:
         return _invalid_payload(task, err, job_try).to_json_dict()
-    executor: TaskExecutor = ctx[EXECUTOR_KEY]
-    result = await executor.execute(parsed, agent, mode, run=await _run_context(ctx, parsed))
+    runtime: WorkerRuntime = ctx[RUNTIME_KEY]
+    run: JobRun | None = ctx.get(JOB_RUN_KEY)
+    run_context = await runtime.run_context(parsed, run)
+    if run is not None and run.budget:
+        reserved = await runtime.reserve(run, parsed, agent, mode, dict(run_context.inputs))
+        if isinstance(reserved, BudgetRefused):
+            return refused_result(parsed, reserved, job_try).to_json_dict()
+        if reserved is not None:
+            raise CapacityDeferred(reserved)  # the budget has room once the running tasks settle
+    try:
+        result = await runtime.executor.execute(parsed, agent, mode, run=run_context)
+    except CapacityDeferred as err:
+        if runtime.metrics is not None:
+            runtime.metrics.rate_limit_deferred(err.provider, err.model, err.delay_s)
+        raise
     result.attempts = job_try
+    job_id: str | None = ctx.get("job_id")
     if result.retryable and job_try < settings.max_tries:
         delay = retry_delay_s(job_try, result.retry_after_s, settings)
         logger.info(
             "task %s: try %d failed (%s), retrying in %.2f s", parsed.id, job_try, result.error, delay
         )
+        if job_id is not None:
+            await runtime.keep_usage(job_id, result.usage)
+        runtime.retried(result.agent)
         raise Retry(defer=delay)
+    if job_id is not None and job_try > 1:
+        result = await runtime.with_prior_usage(job_id, result)
+    runtime.finished(result)
     return result.to_json_dict()
-
-
-async def _run_context(ctx: dict[str, Any], task: AgentTask) -> RunContext:
-    """The engine's side of a run: its slot, its dependencies' outputs, delegation through the batch."""
-    run: JobRun | None = ctx.get(JOB_RUN_KEY)
-    if run is None:
-        return RunContext()
-    if run.batch_id is None:
-        return RunContext(idle=run.idle, depth=run.depth)
-    from coditect.engine.delegation import BatchDelegator
-
-    inputs: dict[str, str] = {}
-    if task.depends_on:
-        job_ids = [job_id_for(run.batch_id, dep) for dep in task.depends_on]
-        values = await ctx["redis"].mget([RESULT_PREFIX + job_id for job_id in job_ids])
-        for dep, job_id, raw in zip(task.depends_on, job_ids, values, strict=True):
-            if raw is not None:
-                inputs[dep] = result_from_arq(raw, job_id).output
-    return RunContext(
-        idle=run.idle, inputs=inputs, delegator=BatchDelegator(ctx[WORKER_KEY], run), depth=run.depth
-    )
 
 
 def _invalid_payload(task: object, err: ValidationError, job_try: int) -> ExecutionResult:
@@ -169,7 +221,8 @@ def worker_options(settings: Settings) -> dict[str, Any]:
     return {
         "functions": [
             func(
-                execute_task,
+                # ARQ hands every job a plain dict; execute_task reads it as the JobContext it is.
+                cast("WorkerCoroutine", execute_task),
                 name=JOB_NAME,
                 timeout=settings.job_timeout_s + JOB_TIMEOUT_GRACE_S,
                 max_tries=settings.max_tries,

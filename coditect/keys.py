@@ -10,9 +10,16 @@ and read results, and adds keys of its own under ``coditect:``:
   in-progress key holds the claiming worker's token with the same TTL; ``<queue>:leases`` indexes
   the deadlines, so that claims take a dead worker's jobs first.
 - a **wake-up channel** ``<queue>:wake``: enqueuers publish to it, idle workers listen.
+- a **batch** ``coditect:batch:<batch>`` (a hash: name, counters, totals, budget, flags) with its
+  parts ``:tasks``, ``:order``, ``:state``, ``:waiting``, ``:dependants``, ``:parents``, ``:reserved``
+  (see ``coditect/lua/batch.lua``), its event stream ``coditect:events:<batch>`` and the stream of
+  all batches ``coditect:events``; ``coditect:batches`` indexes them by creation time.
+- **workers** ``coditect:workers`` (token -> last heartbeat) and ``coditect:worker:<token>`` (a
+  hash: name, queue, jobs in flight, counts), each worker's channel ``coditect:worker:<token>`` (a
+  delegated child's parent is woken there), the dead letters ``coditect:dead-letters``, the
+  schedules' last batches ``coditect:schedules``, and a retried job's usage ``coditect:usage:<job>``.
 - a worker's **last claim** ``coditect:claim:<token>``: its sequence number and the jobs it claimed,
   kept for one lease, so that a worker whose claim reply was lost can ask for those jobs again.
-- a **done list** ``coditect:done:<batch>`` per batch: workers push the id of every finished job.
 - **rate limits** under ``coditect:limit:`` (``coditect.llm.limits``): ``tat:<dimension>:<provider>``
   (a provider-wide limit) and ``tat:<dimension>:<provider>:<model>`` hold the theoretical arrival time
   of a limit's next unit (server microseconds); ``cooldown:<provider>:<model>`` the time until which
@@ -41,9 +48,6 @@ __all__ = [
     "CLAIM_KEY_PREFIX",
     "CRON_KEEP_IN_PROGRESS_S",
     "DEAD_LETTERS_KEY",
-    "DONE_KEY_PREFIX",
-    "DONE_LIST_FOREVER_TTL_MS",
-    "DONE_LIST_MIN_TTL_MS",
     "EVENTS_KEY",
     "EVENTS_KEY_PREFIX",
     "HEALTH_CHECK_SUFFIX",
@@ -57,11 +61,12 @@ __all__ = [
     "RESULT_PREFIX",
     "RETRY_COUNTER_TTL_S",
     "RETRY_PREFIX",
+    "SCHEDULES_KEY",
+    "USAGE_PREFIX",
     "WORKERS_KEY",
     "WORKER_CHANNEL_PREFIX",
     "WORKER_KEY_PREFIX",
     "cooldown_key",
-    "done_key",
     "job_id_for",
     "leases_key",
     "limit_key",
@@ -81,16 +86,16 @@ WORKER_CHANNEL_PREFIX = "coditect:worker:"
 WORKERS_KEY = "coditect:workers"
 WORKER_KEY_PREFIX = "coditect:worker:"
 DEAD_LETTERS_KEY = "coditect:dead-letters"
+# job id -> the token usage of its attempts so far (a retried task's result counts every attempt).
+USAGE_PREFIX = "coditect:usage:"
+# Schedule name -> the id of the last batch a tick of it submitted.
+SCHEDULES_KEY = "coditect:schedules"
+# worker token -> its last claim (sequence number, then job id and row per job), kept for one lease.
 CLAIM_KEY_PREFIX = "coditect:claim:"
-DONE_KEY_PREFIX = "coditect:done:"
 JOB_ID_PREFIX = "coditect:"
 # A batch's keys live this long while it runs (a worker refreshes them), and CODITECT_KEEP_RESULT_S
 # once it has finished.
 BATCH_RUNNING_TTL_MS = 7 * 86_400_000
-# A done list outlives a result kept for less than this, so a late waiter still hears of it.
-DONE_LIST_MIN_TTL_MS = 60_000
-# ... and a result kept forever leaves its done list for a day.
-DONE_LIST_FOREVER_TTL_MS = 86_400_000
 LIMIT_KEY_PREFIX = "coditect:limit:"
 # A rate-limit key outlives the time it holds by this much, so that a call settling its actual usage
 # within a minute of that time still finds it; later, a minute's refill has absorbed any correction.
@@ -108,10 +113,6 @@ def split_job_id(job_id: str) -> tuple[str, str] | None:
         return None
     batch_id, sep, task_id = job_id[len(JOB_ID_PREFIX) :].partition(":")
     return (batch_id, task_id) if sep and batch_id and task_id else None
-
-
-def done_key(batch_id: str) -> str:
-    return DONE_KEY_PREFIX + batch_id
 
 
 def wake_channel(queue_name: str) -> str:

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, HttpUrl, Strict, model_valida
 __all__ = [
     "AgentConfig",
     "AgentTask",
+    "Budget",
     "ExecutionMode",
     "ExecutionResult",
     "ExecutionStatus",
@@ -103,6 +104,20 @@ class AgentTask(BaseModel):
     def prompt(self) -> str:
         """The text sent to the agent: the title, then the description when there is one."""
         return f"{self.title}\n\n{self.description}" if self.description else self.title
+
+
+class Budget(BaseModel):
+    """What a batch may spend: US dollars and/or tokens (None: no limit of that kind)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    budget_usd: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    budget_tokens: int | None = Field(default=None, gt=0)
+
+    def fields(self) -> dict[str, float | int]:
+        """The batch record's fields for this budget."""
+        values = {"budget_usd": self.budget_usd, "budget_tokens": self.budget_tokens}
+        return {name: value for name, value in values.items() if value is not None}
 
 
 class AgentConfig(BaseModel):

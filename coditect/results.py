@@ -4,8 +4,6 @@ A record is what a worker wrote when a job ended (coditect's task job returns an
 as a dict; any other outcome is an exception, written as ``{"__error__": ..., "message": ...}``), or
 what a script wrote for a task that ended without running (cancelled, timed out, a failed
 dependency). Both sides read them: the client for ``results``, the engine for delegated children.
-``attempts`` counts the starts that ran the task: ARQ also counts the start that found a job past
-``max_tries`` (and ran nothing), which is left out here.
 """
 
 from __future__ import annotations
@@ -43,8 +41,6 @@ def result_from_arq(raw: bytes, job_id: str) -> ExecutionResult:
                 attempts=tries,
             )
     status = ExecutionStatus.FAILED
-    if _past_max_tries(value) and tries > 0:
-        tries -= 1  # ARQ records the start that found the limit passed; it ran nothing
     if isinstance(value, RemoteJobError) and value.error_type == "TimeoutError":
         status = ExecutionStatus.TIMEOUT
     elif isinstance(value, asyncio.CancelledError):
@@ -66,15 +62,6 @@ def _duration_s(started: Any, finished: Any) -> float:
         return 0.0
     seconds = (finished - started) / 1000
     return seconds if 0 <= seconds < float("inf") else 0.0
-
-
-def _past_max_tries(value: Any) -> bool:
-    return (
-        isinstance(value, RemoteJobError)
-        and value.error_type == "JobExecutionFailed"
-        and value.message.startswith("max ")
-        and value.message.endswith(" retries exceeded")
-    )
 
 
 def _error_text(value: Any) -> str:

@@ -109,12 +109,15 @@ def read_job(data: bytes, deserializer: Callable[[bytes], Any] = job_deserialize
     function = job.get("f")
     if not isinstance(function, str) or not function:
         raise UnreadableJob("job payload has no function name")
-    args, kwargs = job.get("a", []), job.get("k", {})
-    if not isinstance(args, list | tuple):
-        raise UnreadableJob("job payload's arguments are not a list")
+    args, kwargs = job.get("a"), job.get("k")
+    if not isinstance(args, list):
+        raise UnreadableJob("job payload has no argument list")
     if not isinstance(kwargs, dict):
-        raise UnreadableJob("job payload's keyword arguments are not an object")
-    enqueue_try, enqueued = job.get("t"), job.get("et") or 0
+        raise UnreadableJob("job payload has no keyword-argument object")
+    for name in ("t", "et"):  # ARQ's reader needs them too
+        if name not in job:
+            raise UnreadableJob(f"job payload has no {name!r} field")
+    enqueue_try, enqueued = job["t"], job["et"] or 0
     if not isinstance(enqueued, int | float) or isinstance(enqueued, bool) or not math.isfinite(enqueued):
         raise UnreadableJob("job payload's enqueue time is not a number")
     return JobPayload(

@@ -13,6 +13,10 @@ from arq.connections import ArqRedis
 import coditect.secrets
 from coditect.settings import Settings
 from tests.support.fake_backend import FakeBackend
+from tests.support.redis_server import RedisServer
+
+# ARQ's own test suite's conftest, used by scripts/arq-reference only (tests/integration runs it).
+collect_ignore = ["arq_reference"]
 
 
 @pytest.fixture(autouse=True)
@@ -49,3 +53,18 @@ async def backend() -> AsyncIterator[FakeBackend]:
 @pytest.fixture
 def pool(backend: FakeBackend) -> ArqRedis:
     return backend.pool()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """The suite's own redis-server on a free port (never the machine's on 6379); started once."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    redis_server.flush()
+    return redis_server.url

@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import arq.worker
+import fakeredis
 import pytest
 from arq.connections import RedisSettings
 from arq.jobs import Job
@@ -18,14 +20,17 @@ from arq.worker import Retry, Worker, get_kwargs
 
 import coditect.jobs as jobs
 from coditect.agents import AgentRegistry
-from coditect.client.batches import BatchStore, result_from_arq
+from coditect.client.batches import BatchStore
+from coditect.engine.runtime import WorkerRuntime
 from coditect.execution.executor import TaskExecutor
 from coditect.jobs import (
     EMBEDDED_KEY,
     EXECUTOR_KEY,
     JOB_NAME,
     JOB_TIMEOUT_GRACE_S,
+    RUNTIME_KEY,
     SETTINGS_KEY,
+    WORKER_KEY,
     execute_task,
     retry_delay_s,
     worker_options,
@@ -33,6 +38,7 @@ from coditect.jobs import (
 )
 from coditect.keys import job_id_for
 from coditect.models import AgentConfig, AgentTask, ExecutionStatus
+from coditect.results import result_from_arq
 from coditect.serialization import job_deserializer, job_serializer
 from coditect.settings import Settings
 from tests.support.fake_backend import FakeBackend
@@ -63,7 +69,9 @@ async def executor(settings: Settings) -> AsyncIterator[TaskExecutor]:
 
 
 def job_ctx(settings: Settings, executor: Any, job_try: int = 1) -> dict[str, Any]:
-    return {SETTINGS_KEY: settings, EXECUTOR_KEY: executor, "job_try": job_try}
+    """A job's ctx outside a worker: no engine (no slot, no batch), an executor of the test's."""
+    runtime = WorkerRuntime(fakeredis.FakeAsyncRedis(), executor)
+    return {SETTINGS_KEY: settings, EXECUTOR_KEY: executor, RUNTIME_KEY: runtime, "job_try": job_try}
 
 
 # -- retry_delay_s --------------------------------------------------------------------------------
@@ -194,7 +202,7 @@ async def test_a_transient_failure_is_retried_by_a_worker_until_max_tries(
         backend.worker(**worker_options(tuned), ctx={SETTINGS_KEY: tuned, EMBEDDED_KEY: True})
         store = BatchStore(pool, queue_name=tuned.queue_name, keep_result_s=60)
 
-        await store.enqueue("b1", [task])
+        await store.submit("b1", [task])
         job_id = job_id_for("b1", "t1")
         raw = await Job(job_id, pool, _queue_name=tuned.queue_name, _deserializer=job_deserializer).result(
             timeout=10, poll_delay=0.01
@@ -206,6 +214,9 @@ async def test_a_transient_failure_is_retried_by_a_worker_until_max_tries(
         assert (await pool.get(f"arq:result:{job_id}")) is not None
         result = result_from_arq(await pool.get(f"arq:result:{job_id}"), job_id)
         assert (result.status, result.attempts) == (ExecutionStatus.FAILED, 3)
+        assert await store.states("b1") == {"t1": ExecutionStatus.FAILED}
+        retries = [event async for event in _events(pool, "b1") if event == "task.retrying"]
+        assert len(retries) == 2
 
 
 # -- worker settings ------------------------------------------------------------------------------
@@ -303,7 +314,9 @@ def test_importing_the_module_does_not_read_the_environment(tmp_path: Path) -> N
 
 
 async def test_startup_creates_the_executor_and_shutdown_closes_it(settings: Settings) -> None:
-    ctx: dict[str, Any] = {SETTINGS_KEY: settings, EMBEDDED_KEY: True}
+    ctx: dict[str, Any] = {
+        SETTINGS_KEY: settings, EMBEDDED_KEY: True, WORKER_KEY: object(), "redis": fakeredis.FakeAsyncRedis(),
+    }  # fmt: skip
 
     await jobs.startup(ctx)
     executor = ctx[EXECUTOR_KEY]
@@ -314,3 +327,40 @@ async def test_startup_creates_the_executor_and_shutdown_closes_it(settings: Set
     with pytest.raises(RuntimeError, match="closed"):
         executor.llm_factory.create()
     await jobs.shutdown(ctx)  # a second shutdown is harmless
+
+
+async def test_startup_refuses_a_plain_arq_worker(settings: Settings) -> None:
+    # A plain arq.worker.Worker puts no coditect_worker in ctx: coditect's job needs the engine.
+    ctx: dict[str, Any] = {SETTINGS_KEY: settings, EMBEDDED_KEY: True, "redis": object()}
+
+    with pytest.raises(RuntimeError) as caught:
+        await jobs.startup(ctx)
+
+    assert str(caught.value) == (
+        "coditect's job needs coditect's engine, but this is a plain arq.worker.Worker: start it with "
+        "'coditect worker' or 'arq coditect.jobs.WorkerSettings', or build it with "
+        "coditect.engine.create.create_worker()"
+    )
+    assert EXECUTOR_KEY not in ctx
+
+
+@pytest.mark.usefixtures("unbuilt_worker_settings")
+def test_looking_up_worker_settings_routes_arqs_create_worker_to_coditect(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def plain(settings_cls: Any, **kwargs: Any) -> Any:
+        return "plain worker"
+
+    monkeypatch.setattr(arq.worker, "create_worker", plain)
+    monkeypatch.setenv("CODITECT_REDIS_URL", "redis://127.0.0.1:9/0")
+
+    settings_cls = jobs.WorkerSettings
+
+    assert arq.worker.create_worker is not plain
+    assert arq.worker.create_worker({"functions": []}) == "plain worker"
+    assert settings_cls.coditect_settings.redis_url == "redis://127.0.0.1:9/0"
+
+
+async def _events(pool: Any, batch_id: str) -> Any:
+    for _, fields in await pool.xrange(f"coditect:events:{batch_id}"):
+        yield fields[b"type"].decode()

@@ -210,11 +210,17 @@ def test_non_json_bytes_raise_value_error(data: bytes) -> None:
         pytest.param(
             b'{"f": 7, "a": [], "k": {}}', "job payload has no function name", id="function-not-text"
         ),
-        pytest.param(b'{"f": "x", "a": {}, "k": {}}', "job payload's arguments are not a list", id="args"),
+        pytest.param(b'{"f": "x", "k": {}}', "job payload has no argument list", id="no-args"),
+        pytest.param(b'{"f": "x", "a": {}, "k": {}}', "job payload has no argument list", id="args"),
         pytest.param(
-            b'{"f": "x", "k": []}', "job payload's keyword arguments are not an object", id="kwargs"
+            b'{"f": "x", "a": [], "k": []}', "job payload has no keyword-argument object", id="kwargs"
         ),
-        pytest.param(b'{"f": "x", "et": "soon"}', "job payload's enqueue time is not a number", id="time"),
+        pytest.param(b'{"f": "x", "a": [], "k": {}, "et": 0}', "job payload has no 't' field", id="no-try"),
+        pytest.param(
+            b'{"f": "x", "a": [], "k": {}, "t": 1, "et": "soon"}',
+            "job payload's enqueue time is not a number",
+            id="time",
+        ),
         pytest.param(b"\xff\xfe{", "job payload is not UTF-8 text", id="not-utf8"),
         pytest.param(b"{not json", "job payload is not JSON (Expecting property name", id="not-json"),
         pytest.param(pickle.dumps({"f": "x"}), "refusing a pickle payload", id="pickle"),
@@ -229,11 +235,11 @@ def test_read_job_refuses_what_is_no_job_in_a_few_plain_words(payload: bytes, re
     assert len(str(refused.value)) < 120
 
 
-def test_read_job_reads_arqs_fields_and_fills_what_is_optional() -> None:
+def test_read_job_reads_arqs_fields_and_takes_null_for_the_try_and_time() -> None:
     full = read_job(
         job_serializer({"t": 3, "f": "execute_task", "a": [{"x": 1}], "k": {"mode": "llm"}, "et": 5})
     )
-    bare = read_job(b'{"f": "execute_task", "t": true}')
+    bare = read_job(b'{"t": null, "f": "execute_task", "a": [], "k": {}, "et": null}')
 
     assert full == JobPayload("execute_task", ({"x": 1},), {"mode": "llm"}, 3, 5)
     assert bare == JobPayload("execute_task", (), {}, None, 0)

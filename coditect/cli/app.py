@@ -34,14 +34,29 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"coditect: error: {message} (see '{self.prog} --help')\n")
 
 
-def _positive_seconds(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = float("nan")
-    if not seconds > 0 or seconds == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {value!r}")
-    return seconds
+def _positive(unit: str) -> Callable[[str], float]:
+    """An argparse type: a finite number greater than zero, of ``unit``."""
+
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        if not number > 0 or number == float("inf"):
+            raise argparse.ArgumentTypeError(f"expected a positive number of {unit}, got {value!r}")
+        return number
+
+    return parse
+
+
+_positive_seconds = _positive("seconds")
+_positive_dollars = _positive("US dollars")
+
+
+def _port(value: str) -> int:
+    if not value.isdigit() or not 0 <= int(value) < 65_536:
+        raise argparse.ArgumentTypeError(f"expected a port number (0-65535), got {value!r}")
+    return int(value)
 
 
 def _positive_int(value: str) -> int:
@@ -78,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     def batch_file(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("file", metavar="FILE", help="batch file (JSON, or TOML with a .toml suffix)")
         sub.add_argument("--batch-id", metavar="ID", help="default: a new random id")
+        sub.add_argument(
+            "--budget-usd",
+            type=_positive_dollars,
+            metavar="USD",
+            help="end the tasks not yet started once the batch has spent this (default: the file's)",
+        )
 
     def batch_arg(sub: argparse.ArgumentParser, *, optional: bool = False) -> None:
         help_text = "batch id, as printed by 'coditect submit'"
@@ -103,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--burst", action="store_true", help="stop once the queue is empty")
     worker.add_argument(
         "--check", action="store_true", help="say which workers on the queue are alive; exit 1 if none"
+    )
+    worker.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="N",
+        help="serve Prometheus metrics on this port (CODITECT_METRICS_PORT)",
     )
 
     submit = command("submit", batches.cmd_submit, "submit a batch file to the workers and print its id")
@@ -141,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument(
         "--limit", type=_positive_int, default=50, metavar="N", help="at most N (default 50)"
     )
+
+    schedule = command("schedule", workers.cmd_schedule, "list the scheduled batches and their next run")
+    redis_url(schedule)
+    as_json(schedule, "a JSON array of schedules")
 
     dead = command("dead-letters", workers.cmd_dead_letters, "list queue entries set aside as unusable")
     redis_url(dead)

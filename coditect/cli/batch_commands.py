@@ -23,7 +23,8 @@ from coditect.cli.shared import (
 )
 
 if TYPE_CHECKING:
-    from coditect.models import AgentTask
+    from coditect.client.batchfile import BatchSpec
+    from coditect.models import AgentTask, Budget
     from coditect.settings import Settings
 
 __all__ = [
@@ -40,22 +41,37 @@ __all__ = [
 
 
 async def _run_and_print(
-    args: argparse.Namespace, settings: Settings, tasks: Sequence[AgentTask], *, name: str
+    args: argparse.Namespace, settings: Settings, tasks: Sequence[AgentTask], *, name: str, budget: Budget
 ) -> int:
     """``run`` and ``demo``: run a batch to the end with live progress, then print it."""
     async with open_orchestrator(settings, command=args.command, shared=False) as orch:
         with progress(not args.json) as on_progress:
             started = time.monotonic()
             results = await orch.run_batch(
-                tasks, batch_id=args.batch_id, name=name, timeout_s=args.timeout, on_progress=on_progress
+                tasks,
+                batch_id=args.batch_id,
+                name=name,
+                timeout_s=args.timeout,
+                on_progress=on_progress,
+                budget_usd=budget.budget_usd,
+                budget_tokens=budget.budget_tokens,
             )
             elapsed_s = time.monotonic() - started
     return print_results(results, as_json=args.json, elapsed_s=elapsed_s)
 
 
+def _budget(args: argparse.Namespace, spec: BatchSpec) -> Budget:
+    """The file's budget, with ``--budget-usd`` taking the place of its dollars."""
+    from coditect.models import Budget
+
+    if args.budget_usd is None:
+        return spec.budget
+    return Budget(budget_usd=args.budget_usd, budget_tokens=spec.budget.budget_tokens)
+
+
 async def cmd_demo(args: argparse.Namespace) -> int:
     from coditect.cli.demo import DEMO_LATENCY_S, DEMO_TASKS
-    from coditect.models import AgentTask
+    from coditect.models import AgentTask, Budget
 
     overrides: dict[str, Any] = {
         "redis_url": "",
@@ -73,13 +89,13 @@ async def cmd_demo(args: argparse.Namespace) -> int:
             f"coditect demo: {len(tasks)} tasks on the embedded backend (in-process Redis and workers) "
             "with the offline provider\n"
         )
-    return await _run_and_print(args, settings, tasks, name="demo")
+    return await _run_and_print(args, settings, tasks, name="demo", budget=Budget())
 
 
 async def cmd_run(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     spec = load_batch(args.file, settings)
-    return await _run_and_print(args, settings, spec.tasks, name=spec.name)
+    return await _run_and_print(args, settings, spec.tasks, name=spec.name, budget=_budget(args, spec))
 
 
 async def cmd_submit(args: argparse.Namespace) -> int:
@@ -89,7 +105,14 @@ async def cmd_submit(args: argparse.Namespace) -> int:
     async with open_orchestrator(
         settings, command="submit", shared=True, answer_within_s=ONE_SHOT_DEADLINE_S
     ) as orch:
-        batch_id = await orch.submit(spec.tasks, batch_id=args.batch_id, name=spec.name)
+        budget = _budget(args, spec)
+        batch_id = await orch.submit(
+            spec.tasks,
+            batch_id=args.batch_id,
+            name=spec.name,
+            budget_usd=budget.budget_usd,
+            budget_tokens=budget.budget_tokens,
+        )
     if args.json:
         print_json({"batch_id": batch_id})
     else:

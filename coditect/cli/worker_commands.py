@@ -20,13 +20,14 @@ from coditect.cli.shared import (
 if TYPE_CHECKING:
     from coditect.settings import Settings
 
-__all__ = ["cmd_dead_letters", "cmd_worker"]
+__all__ = ["cmd_dead_letters", "cmd_schedule", "cmd_worker"]
 
 logger = logging.getLogger(__name__)
 
 
 async def cmd_worker(args: argparse.Namespace) -> int:
-    settings = load_settings(args)
+    overrides = {"metrics_port": args.metrics_port} if getattr(args, "metrics_port", None) is not None else {}
+    settings = load_settings(args, **overrides)
     if settings.embedded:
         raise CliError(
             "a separate worker process needs a shared Redis: set CODITECT_REDIS_URL or pass --redis-url "
@@ -37,9 +38,9 @@ async def cmd_worker(args: argparse.Namespace) -> int:
     from redis.exceptions import RedisError
 
     from coditect.connections import redact_url
+    from coditect.engine.context import SETTINGS_KEY
     from coditect.engine.create import create_worker
     from coditect.errors import BackendUnavailableError
-    from coditect.jobs import SETTINGS_KEY
     from coditect.redis_errors import refusal, short_error
 
     # Built inside the running loop: ARQ installs its SIGINT/SIGTERM handlers on this loop, and on a
@@ -105,6 +106,43 @@ async def cmd_dead_letters(args: argparse.Namespace) -> int:
             print(f"{entry.get('job_id') or '?'}: {entry.get('reason') or '?'}")
     if args.clear and not args.json:
         print(f"cleared {len(entries)} dead letter(s)")
+    return EXIT_OK
+
+
+async def cmd_schedule(args: argparse.Namespace) -> int:
+    """The scheduled batches of ``CODITECT_SCHEDULE_FILE``, each with its next run (and, with a
+    Redis URL, the batch its last tick submitted)."""
+    from coditect.agents import AgentRegistry
+    from coditect.engine.schedule import describe, load_schedules
+    from coditect.keys import SCHEDULES_KEY
+
+    settings = load_settings(args)
+    if settings.schedule_file is None:
+        raise CliError("CODITECT_SCHEDULE_FILE is not set: there are no scheduled batches to show")
+    entries = describe(load_schedules(settings.schedule_file, AgentRegistry.from_settings(settings)))
+    last: dict[str, str] = {}
+    if not settings.embedded:
+        async with open_orchestrator(
+            settings, command="schedule", shared=True, answer_within_s=ONE_SHOT_DEADLINE_S
+        ) as orch:
+            raw = await orch.redis.hgetall(SCHEDULES_KEY)  # type: ignore[misc]
+        last = {name.decode(): batch.decode() for name, batch in raw.items()}
+    for entry in entries:
+        entry["last_batch_id"] = last.get(str(entry["name"]))
+    if args.json:
+        print_json(entries)
+        return EXIT_OK
+    if not entries:
+        print("no schedules")
+        return EXIT_OK
+    headers = ("SCHEDULE", "CRON", "NEXT RUN (UTC)", "TASKS", "LAST BATCH")
+    rows = [
+        (str(e["name"]), str(e["cron"]), str(e["next_run"]), str(e["tasks"]), str(e["last_batch_id"] or "-"))
+        for e in entries
+    ]
+    widths = [max(len(headers[i]), *(len(row[i]) for row in rows)) for i in range(len(headers))]
+    for row in (headers, *rows):
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     return EXIT_OK
 
 

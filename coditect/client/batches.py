@@ -201,18 +201,20 @@ class BatchStore:
         *,
         fields: dict[str, str | int | float] | None = None,
         recreate: bool = False,
+        atomic: bool = False,
         server: ServerInfo | None = None,
     ) -> Submitted:
         """Record the batch and enqueue the tasks without unmet dependencies; workers do the rest.
 
         ``tasks`` must be in dependency order (``coditect.client.graph.dependency_order``). A batch of
         up to ``ATOMIC_TASKS`` (and ``ATOMIC_BYTES``) is one script call, so it is written whole or not
-        at all. A larger one is sent in chunks so that its first tasks start while the rest are sent;
-        if a chunk fails, what was sent is withdrawn (``discard.lua``: queued tasks never start, running
-        ones are aborted, the record goes) before the error is raised. With ``server`` (INFO), a batch
-        that does not fit in Redis's memory is refused before anything is sent. ``created`` is False
-        when the batch id exists already: then nothing is written. ``recreate`` writes a batch that
-        Redis lost, over what is left of it.
+        at all; ``atomic`` sends any batch in one call (a scheduled batch: each tick is all or nothing).
+        A larger one is sent in chunks so that its first tasks start while the rest are sent; if a chunk
+        fails, what was sent is withdrawn (``discard.lua``: queued tasks never start, running ones are
+        aborted, the record goes) before the error is raised. With ``server`` (INFO), a batch that does
+        not fit in Redis's memory is refused before anything is sent. ``created`` is False when the
+        batch id exists already: then nothing is written. ``recreate`` writes a batch that Redis lost,
+        over what is left of it.
         """
         rows = [(task.id, task.model_dump_json(), " ".join(task.depends_on)) for task in tasks]
         if server is not None:
@@ -223,7 +225,8 @@ class BatchStore:
             flat += [name, value]
         meta = json.dumps(flat)
         size = sum(len(row[1]) for row in rows)
-        chunk = len(rows) if len(rows) <= ATOMIC_TASKS and size <= ATOMIC_BYTES else CHUNK
+        one_call = atomic or (len(rows) <= ATOMIC_TASKS and size <= ATOMIC_BYTES)
+        chunk = len(rows) if one_call else CHUNK
         starts = range(0, max(len(rows), 1), max(chunk, 1))
         added, last_event = 0, ""
         try:

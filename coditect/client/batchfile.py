@@ -13,14 +13,14 @@ import os
 import stat
 import tomllib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from coditect.errors import TaskInputError
-from coditect.models import AgentTask
+from coditect.models import AgentTask, Budget
 
 __all__ = ["BatchSpec", "load_batch_file", "parse_batch"]
 
@@ -40,10 +40,11 @@ _FILE_KINDS = (
 
 @dataclass(frozen=True, slots=True)
 class BatchSpec:
-    """A batch as read from a file: its name and its tasks, in file order."""
+    """A batch as read from a file: its name, its tasks in file order, and its budget if any."""
 
     name: str
     tasks: list[AgentTask]
+    budget: Budget = field(default_factory=Budget)
 
 
 def load_batch_file(path: Path) -> BatchSpec:
@@ -165,14 +166,24 @@ def _strings(data: Any, root: str) -> Iterator[tuple[str, str]]:
 def parse_batch(data: Any, *, source: str = "batch", default_name: str = "") -> BatchSpec:
     """Validate parsed batch data: ``{"name": ..., "tasks": [...]}`` or a bare list of tasks."""
     entries: Any
+    budget = Budget()
     if isinstance(data, list):
         name, entries = default_name, data
     elif isinstance(data, dict):
-        unknown = sorted(set(data) - {"name", "tasks"})
+        unknown = sorted(set(data) - {"name", "tasks", "budget_usd", "budget_tokens"})
         if unknown:
             raise TaskInputError(
-                "unknown top-level key; expected 'name' and 'tasks'", source=source, field=unknown[0]
+                "unknown top-level key; expected 'name', 'tasks', 'budget_usd' and 'budget_tokens'",
+                source=source,
+                field=unknown[0],
             )
+        try:
+            budget = Budget.model_validate(
+                {key: data[key] for key in ("budget_usd", "budget_tokens") if key in data}
+            )
+        except ValidationError as err:
+            first = err.errors()[0]
+            raise TaskInputError(first["msg"], source=source, field=str(first["loc"][0])) from err
         name, entries = data.get("name", default_name), data.get("tasks")
         if not isinstance(name, str):
             raise TaskInputError("must be a string", source=source, field="name")
@@ -191,4 +202,4 @@ def parse_batch(data: Any, *, source: str = "batch", default_name: str = "") -> 
             location = ".".join(str(part) for part in first["loc"])
             field = f"tasks[{index}]" + (f".{location}" if location else "")
             raise TaskInputError(first["msg"], source=source, field=field) from err
-    return BatchSpec(name=name, tasks=tasks)
+    return BatchSpec(name=name, tasks=tasks, budget=budget)

@@ -26,7 +26,7 @@ from coditect.client.progress import BatchProgress, ProgressCallback
 from coditect.client.waiter import BatchLost, BatchWaiter, DeadlineReached
 from coditect.connections import create_redis_pool, redact_url
 from coditect.errors import TaskInputError
-from coditect.models import AgentTask, ExecutionResult, ExecutionStatus
+from coditect.models import AgentTask, Budget, ExecutionResult, ExecutionStatus
 from coditect.redis_config import PolicyCheck, ServerInfo, read_server_info
 from coditect.redis_errors import refusals
 from coditect.settings import Settings
@@ -163,15 +163,26 @@ class ProjectOrchestrator:
 
     # -- batches ------------------------------------------------------------------------------
 
-    async def submit(self, tasks: Sequence[AgentTask], *, batch_id: str | None = None, name: str = "") -> str:
+    async def submit(
+        self,
+        tasks: Sequence[AgentTask],
+        *,
+        batch_id: str | None = None,
+        name: str = "",
+        budget_usd: float | None = None,
+        budget_tokens: int | None = None,
+    ) -> str:
         """Record a batch in Redis and enqueue what can start; returns the batch id.
 
         Nothing is enqueued if any task is invalid (repeated ids, unknown agents or dependencies,
         cycles). Submitting a batch id that exists already adds nothing and returns its id.
         """
-        return (await self._submit(tasks, batch_id, name)).batch_id
+        budget = Budget(budget_usd=budget_usd, budget_tokens=budget_tokens)
+        return (await self._submit(tasks, batch_id, name, budget)).batch_id
 
-    async def _submit(self, tasks: Sequence[AgentTask], batch_id: str | None, name: str) -> Submitted:
+    async def _submit(
+        self, tasks: Sequence[AgentTask], batch_id: str | None, name: str, budget: Budget
+    ) -> Submitted:
         # Scripts are checked where they run: here, for the embedded workers; workers elsewhere have
         # their own scripts folder, and a missing script fails its task there.
         local = self.settings if self.settings.embedded else None
@@ -185,7 +196,9 @@ class ProjectOrchestrator:
             checked = not self._policy.done or rough_bytes(ordered) >= MEMORY_CHECK_MIN_BYTES
             server = await self._server_info() if checked else None
             submitted = await outlasting_outages(
-                lambda: self.store.submit(batch_id, ordered, fields={"name": name}, server=server),
+                lambda: self.store.submit(
+                    batch_id, ordered, fields={"name": name, **budget.fields()}, server=server
+                ),
                 REDIS_REPLY_TIMEOUT_S * (1 + len(tasks) // 500),
             )
         if submitted.created:
@@ -213,11 +226,24 @@ class ProjectOrchestrator:
         name: str = "",
         timeout_s: float | None = None,
         on_progress: ProgressCallback | None = None,
+        budget_usd: float | None = None,
+        budget_tokens: int | None = None,
     ) -> list[ExecutionResult]:
         """Submit a batch and wait for every result (input order). Dependants start as soon as their
-        dependencies succeed; ``timeout_s`` ends the unfinished tasks with status ``timeout``."""
+        dependencies succeed; ``timeout_s`` ends the unfinished tasks with status ``timeout``. With a
+        budget, tasks that would start once it is spent end ``cancelled`` ("budget exhausted")."""
         with refusals(self._url):
-            submitted = await self._submit(tasks, batch_id, name)
+            budget = Budget(budget_usd=budget_usd, budget_tokens=budget_tokens)
+            submitted = await self._submit(tasks, batch_id, name, budget)
+            if not submitted.created:  # the batch exists: follow it, if it is this batch
+                recorded = set(await self.store.task_ids(submitted.batch_id))
+                extra = [task.id for task in tasks if task.id not in recorded]
+                if extra:
+                    raise TaskInputError(
+                        f"batch {submitted.batch_id!r} exists with other tasks (it has no {extra[0]!r}); "
+                        "choose another batch id",
+                        field="batch_id",
+                    )
             since = submitted.last_event_id if submitted.created else "0-0"
             deadline = None if timeout_s is None else time.monotonic() + timeout_s
             found = await self._gather(submitted.batch_id, tasks, since, deadline, on_progress)

@@ -71,10 +71,11 @@ def install() -> None:
 
 
 def _is_arq_run_job(value: object) -> bool:
+    # By its code, not its names: functools.wraps gives a wrapper ARQ's __module__ and __qualname__.
     return (
         isinstance(value, types.FunctionType)
-        and value.__module__ == "arq.worker"
-        and value.__qualname__ == "Worker.run_job"
+        and value.__code__.co_filename == arq.worker.__file__
+        and value.__code__.co_qualname == "Worker.run_job"
     )
 
 

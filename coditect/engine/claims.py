@@ -42,6 +42,7 @@ class Claim:
     aborted: bool
     depth: int
     problem: str = ""
+    budget: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +65,7 @@ def parse_rows(rows: list[list[Any]]) -> tuple[list[Claim], list[Poison]]:
     """Claims and poison entries from the claim script's rows."""
     claims: list[Claim] = []
     poison: list[Poison] = []
-    for raw_id, payload, job_try, score, aborted, depth, problem in rows:
+    for raw_id, payload, job_try, score, aborted, depth, problem, budget in rows:
         try:
             job_id = raw_id.decode()
         except UnicodeDecodeError:
@@ -81,6 +82,7 @@ def parse_rows(rows: list[list[Any]]) -> tuple[list[Claim], list[Poison]]:
                 problem=problem.decode(errors="replace")
                 if isinstance(problem, bytes)
                 else str(problem or ""),
+                budget=bool(budget),
             )
         )
     return claims, poison

@@ -11,16 +11,44 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Final, TypedDict
 
 from coditect.execution.context import no_slot
 
 if TYPE_CHECKING:
+    import asyncio
+
     from arq.connections import ArqRedis
 
-__all__ = ["JOB_RUN_KEY", "JobContext", "JobRun", "WorkerContext"]
+    from coditect.agents import AgentRegistry
+    from coditect.engine.runtime import WorkerRuntime
+    from coditect.engine.worker import CoditectWorker
+    from coditect.execution.executor import TaskExecutor
+    from coditect.settings import Settings
 
-JOB_RUN_KEY = "coditect_job"
+__all__ = [
+    "AGENTS_KEY",
+    "EMBEDDED_KEY",
+    "EXECUTOR_KEY",
+    "JOB_RUN_KEY",
+    "RUNTIME_KEY",
+    "SCHEDULER_KEY",
+    "SETTINGS_KEY",
+    "WORKER_KEY",
+    "JobContext",
+    "JobRun",
+    "WorkerContext",
+]
+
+# coditect's keys in ctx: the engine sets the worker's and each job's; coditect's start-up sets the rest.
+WORKER_KEY: Final = "coditect_worker"
+JOB_RUN_KEY: Final = "coditect_job"
+SETTINGS_KEY: Final = "coditect_settings"
+AGENTS_KEY: Final = "coditect_agents"
+EMBEDDED_KEY: Final = "coditect_embedded"
+EXECUTOR_KEY: Final = "coditect_executor"
+RUNTIME_KEY: Final = "coditect_runtime"
+SCHEDULER_KEY: Final = "coditect_scheduler"
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,13 +62,20 @@ class JobRun:
     task_id: str | None = None
     depth: int = 0
     worker: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+    budget: bool = False  # the batch has a budget: reserve the task's estimate before it runs
 
 
 class WorkerContext(TypedDict, total=False):
     """The worker-wide part of ``ctx``; ``on_startup`` hooks may add keys of their own."""
 
     redis: ArqRedis
+    coditect_worker: CoditectWorker
+    coditect_settings: Settings
+    coditect_agents: AgentRegistry | None
+    coditect_embedded: bool
+    coditect_executor: TaskExecutor
+    coditect_runtime: WorkerRuntime
+    coditect_scheduler: asyncio.Task[None]
 
 
 class JobContext(WorkerContext, total=False):

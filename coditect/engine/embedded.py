@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 import fakeredis
 from arq.connections import ArqRedis
 
+from coditect.engine.context import AGENTS_KEY, EMBEDDED_KEY, SETTINGS_KEY
 from coditect.engine.create import create_worker
 from coditect.engine.worker import CoditectWorker
-from coditect.jobs import AGENTS_KEY, EMBEDDED_KEY, SETTINGS_KEY
 from coditect.serialization import job_deserializer, job_serializer
 from coditect.settings import Settings
 

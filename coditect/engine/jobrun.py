@@ -18,14 +18,15 @@ import arq.worker
 from arq.cron import CronJob
 from arq.jobs import serialize_result
 from arq.utils import args_to_string, ms_to_datetime, truncate
+from arq.utils import timestamp_ms as _now_ms  # ARQ's clock (it rounds), as the enqueue time it records
 from arq.worker import Function, JobExecutionFailed, Retry, RetryJob
 
-from coditect.clock import now_ms as _now_ms
 from coditect.engine.claims import dead_letter
 from coditect.engine.context import JOB_RUN_KEY, JobRun
 from coditect.engine.flusher import FinishRecord
 from coditect.errors import CapacityDeferred
 from coditect.keys import BATCH_KEY_PREFIX, DEAD_LETTERS_KEY, RETRY_COUNTER_TTL_S, RETRY_PREFIX, split_job_id
+from coditect.logs import job_log_context
 from coditect.serialization import UnreadableJob, job_deserializer, read_job
 
 if TYPE_CHECKING:
@@ -91,20 +92,28 @@ class JobRunner:
 
     async def run(self, claim: Claim, slot: Slot) -> None:
         worker = self.worker
-        ctx: dict[str, Any] | None = None
-        try:
-            job = await self._read(claim)
-            if isinstance(job, FinishRecord):
-                record = job
-            else:
-                ctx = self._context(job, slot)
-                record = await self._call(job, ctx)
-        except Exception as err:  # a bug here must not lose the job: record it as failed
-            logger.exception("job %s: internal error", claim.job_id)
-            record = self._failed(claim, "<unknown>", err, start_ms=_now_ms())
-        await worker._flusher.submit(record)
-        if ctx is not None and worker.after_job_end:
-            await worker.after_job_end(ctx)
+        batch = split_job_id(claim.job_id)
+        with job_log_context(
+            job_id=claim.job_id,
+            batch_id=batch[0] if batch else None,
+            task_id=batch[1] if batch else None,
+            attempt=claim.job_try,
+            worker=worker.worker_name,
+        ):
+            ctx: dict[str, Any] | None = None
+            try:
+                job = await self._read(claim)
+                if isinstance(job, FinishRecord):
+                    record = job
+                else:
+                    ctx = self._context(job, slot)
+                    record = await self._call(job, ctx)
+            except Exception as err:  # a bug here must not lose the job: record it as failed
+                logger.exception("job %s: internal error", claim.job_id)
+                record = self._failed(claim, "<unknown>", err, start_ms=_now_ms())
+            await worker._flusher.submit(record)
+            if ctx is not None and worker.after_job_end:
+                await worker.after_job_end(ctx)
 
     # -- before the call --------------------------------------------------------------------
 
@@ -148,7 +157,9 @@ class JobRunner:
                 "%6.2fs ! %s max retries %d exceeded", _since(job.enqueued_ms), job.ref, max_tries
             )
             error = JobExecutionFailed(f"max {max_tries} retries exceeded")
-            return self._failed(claim, name, error, job=job, attempts=max_tries)
+            # The result counts the tries that ran (a task's attempts), not this claim, which runs
+            # nothing; ARQ's own record would say one more.
+            return self._failed(claim, name, error, job=job, job_try=claim.job_try - 1)
         return job
 
     def _context(self, job: _Job, slot: Slot) -> dict[str, Any]:
@@ -162,6 +173,7 @@ class JobRunner:
             task_id=batch[1] if batch else None,
             depth=claim.depth,
             worker=worker.worker_name,
+            budget=claim.budget,
         )
         return {
             **worker.ctx,
@@ -299,15 +311,14 @@ class JobRunner:
         *,
         job: _Job | None = None,
         start_ms: int | None = None,
-        attempts: int | None = None,
+        job_try: int | None = None,
     ) -> FinishRecord:
-        """A job that ends without running (ARQ's ``finish_failed_job``: the worker's keep_result).
-        ``attempts``: the starts that ran it, when not every counted start did (max tries passed)."""
+        """A job that ends without running (ARQ's ``finish_failed_job``: the worker's keep_result)."""
         self.worker.jobs_failed += 1
         args, kwargs, enqueued_ms = (job.args, job.kwargs, job.enqueued_ms) if job else ((), {}, 0)
         return self._record(
             claim, name, args, kwargs, enqueued_ms, False, error, start_ms or _now_ms(), None,
-            job_try=None, attempts=attempts, ref=f"{claim.job_id}:{name}",
+            job_try=job_try, ref=f"{claim.job_id}:{name}",
         )  # fmt: skip
 
     def _record(
@@ -324,7 +335,6 @@ class JobRunner:
         *,
         job_try: int | None,
         ref: str,
-        attempts: int | None = None,
     ) -> FinishRecord:
         worker = self.worker
         keep_forever, keep_s = worker.keep_result_forever, worker.keep_result_s
@@ -343,7 +353,7 @@ class JobRunner:
         ttl_ms = -1 if keep_forever else int(keep_s * 1000)
         info = ""
         if split_job_id(claim.job_id) is not None:
-            info = _info_for(success, result, tries if attempts is None else attempts)
+            info = _info_for(success, result, tries)
         return FinishRecord(
             "done", claim.job_id, payload, ttl_ms if payload else 0, self._keep_in_progress_ms(function), info
         )

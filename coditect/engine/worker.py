@@ -33,6 +33,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from arq.utils import timestamp_ms
 from arq.worker import Worker
 from redis.exceptions import RedisError
 
@@ -93,8 +94,10 @@ class CoditectWorker(Worker):
         self.started = asyncio.Event()  # set once on_startup has run and the engine takes jobs
         self._helpers: list[asyncio.Task[None]] = []
         self._slots = Slots(self.max_jobs, self._wake.set)
-        self._held: dict[str, Slot] = {}
-        self._claims: dict[str, Claim] = {}
+        # Claimed and not yet started, with the slot each holds. Keyed by job id as ARQ's run_job is
+        # called, but a job put back in the queue can be claimed again before its previous task has
+        # ended: each task's own slot and claim travel with it, never looked up by id after the start.
+        self._claims: dict[str, tuple[Claim, Slot]] = {}
         self._child_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._runner = JobRunner(self)
         self._refusals = RefusalLog()  # what Redis refuses (the ACL, memory) is said once, not every retry
@@ -256,7 +259,9 @@ class CoditectWorker(Worker):
     async def _claim_jobs(self, limit: int, *, only: list[str] | None = None) -> int:
         rows = await self._claimer.claim(
             [
-                now_ms(),
+                # ARQ's clock, which rounds: a job enqueued "now" by an ARQ client (its score rounded
+                # up to the next ms) is due to a claim that follows it within the same millisecond.
+                timestamp_ms(),
                 self._lease_ms,
                 limit,
                 self.token,
@@ -277,27 +282,27 @@ class CoditectWorker(Worker):
                 )
             await set_aside(self.pool, self.queue_name, poison)
         for claim in claims:
-            self._held[claim.job_id] = self._slots.take()
-            self._claims[claim.job_id] = claim
+            slot = self._slots.take()
+            self._claims[claim.job_id] = (claim, slot)
             task: asyncio.Task[None] = asyncio.ensure_future(
                 self._run_job_entry(self, claim.job_id, claim.score)
             )
             self.tasks[claim.job_id] = task
-            task.add_done_callback(functools.partial(self._job_done, claim.job_id))
+            task.add_done_callback(functools.partial(self._job_done, claim.job_id, slot))
         return len(rows)
 
     async def run_job(self, job_id: str, score: int) -> None:
         """Run one claimed job and record its outcome (ARQ's signature, so wrappers fit)."""
-        claim = self._claims.pop(job_id)
-        await self._runner.run(claim, self._held[job_id])
+        claim, slot = self._claims.pop(job_id)
+        await self._runner.run(claim, slot)
 
-    def _job_done(self, job_id: str, task: asyncio.Task[None]) -> None:
+    def _job_done(self, job_id: str, slot: Slot, task: asyncio.Task[None]) -> None:
         if self.tasks.get(job_id) is task:
             del self.tasks[job_id]
-        slot = self._held.pop(job_id, None)
-        if slot is not None:
-            slot.release()  # wakes the claim loop: a slot is free
-        self._claims.pop(job_id, None)
+        slot.release()  # wakes the claim loop: a slot is free
+        entry = self._claims.get(job_id)
+        if entry is not None and entry[1] is slot:  # cancelled before it started
+            del self._claims[job_id]
         if not task.cancelled() and task.exception() is not None:
             logger.error("job %s: run_job ended with an error", job_id, exc_info=task.exception())
 

@@ -42,6 +42,7 @@ class RunContext:
     inputs: Mapping[str, str] = field(default_factory=dict)
     delegator: Delegator | None = None
     depth: int = 0
+    on_capacity_wait: Callable[[str, str, float], None] | None = None  # (provider, model, seconds)
 
 
 def child_id(parent: AgentTask, child: AgentTask, position: int) -> str:
@@ -66,6 +67,8 @@ class AgentContext:
         self.inputs: Mapping[str, str] = run.inputs
         self.depth = run.depth
         self.usage = TokenUsage()
+        self.provider: str | None = None  # of the model calls made through ``llm``
+        self.model: str | None = None
         self._delegate = delegate
         self._llm = llm
         self._delegated = 0
@@ -101,4 +104,5 @@ class AgentContext:
         turns = [Message("user", messages)] if isinstance(messages, str) else list(messages)
         response = await self._llm(turns, system, max_tokens)
         self.usage = self.usage + response.usage
+        self.provider, self.model = response.provider, response.model
         return response

@@ -17,6 +17,7 @@ import httpx
 
 from coditect.agents import AgentRegistry
 from coditect.errors import (
+    CapacityDeferred,
     CoditectError,
     PermanentProviderError,
     TransientProviderError,
@@ -26,7 +27,10 @@ from coditect.execution.context import AgentContext, RunContext
 from coditect.execution.legacy_scripts import ScriptRunner
 from coditect.execution.python_agents import call_python_agent
 from coditect.llm.base import LlmRequest, LlmResponse, Message
+from coditect.llm.capacity import call_with_capacity
 from coditect.llm.factory import LlmFactory
+from coditect.llm.limits import RateLimiter, estimate_input_tokens
+from coditect.llm.prices import PriceTable
 from coditect.models import (
     AgentConfig,
     AgentTask,
@@ -71,6 +75,8 @@ class TaskExecutor:
         *,
         agents: AgentRegistry | None = None,
         llm_factory: LlmFactory | None = None,
+        limiter: RateLimiter | None = None,
+        prices: PriceTable | None = None,
     ) -> None:
         self.settings = settings or Settings()
         self.agents = agents or AgentRegistry.from_settings(self.settings)
@@ -80,6 +86,9 @@ class TaskExecutor:
             self.settings.scripts_dir, output_limit_bytes=self.settings.script_output_limit_bytes
         )
         self.worker_name = self.settings.worker_name or default_worker_name()
+        # Shared rate limits need a Redis: a worker passes its own; run here alone, none applies.
+        self.limiter = limiter
+        self.prices = prices or PriceTable.from_settings(self.settings)
         secrets = settings_secrets(self.settings)
         self.redactor = Redactor(secrets)
         register_secrets(secrets)  # so that the log filter masks them too, wherever a record is made
@@ -95,7 +104,8 @@ class TaskExecutor:
         """Run ``task`` and return its result; a failure is a result with status failed or timeout.
 
         ``run`` is what the engine lends the run (see ``RunContext``): without it, a python agent's
-        delegated children run in this process.
+        delegated children run in this process. ``CapacityDeferred`` is raised, not returned, when the
+        shared rate limits have no capacity soon: nothing was sent, and the engine runs the task later.
         """
         run = run or RunContext()
         started_at = datetime.now(UTC)
@@ -125,6 +135,8 @@ class TaskExecutor:
                 result.status = ExecutionStatus.SUCCESS
                 result.output = output.text
                 result.provider, result.model, result.usage = output.provider, output.model, output.usage
+        except CapacityDeferred:
+            raise
         except TransientProviderError as err:
             result.status, result.error = ExecutionStatus.FAILED, str(err)
             result.retryable, result.retry_after_s = True, err.retry_after_s
@@ -136,8 +148,32 @@ class TaskExecutor:
             result.error = f"unexpected {type(err).__name__}: {err}"
         result.finished_at = datetime.now(UTC)
         result.duration_s = round(time.perf_counter() - clock, 6)
+        if result.model is not None:
+            result.cost_usd = self.prices.cost_usd(result.model, result.usage, provider=result.provider)
         # The last line of defence: no part of a key or password leaves in a result.
         return redact_result(result, self.redactor)
+
+    def estimate(
+        self,
+        task: AgentTask,
+        agent: str | None = None,
+        mode: str | None = None,
+        *,
+        inputs: Mapping[str, str] = {},
+    ) -> tuple[float, int]:
+        """What one run of ``task`` should cost at most, as (USD, tokens): one call of its agent's model
+        with the prompt in and ``max_tokens`` out (the input at four characters a token). A model
+        without a known price costs 0 here: it counts against a token budget only."""
+        config = self.agents.get(agent or task.agent)
+        if self._resolve_mode(config, mode) not in ("llm", "python"):
+            return 0.0, 0
+        llm = self.llm_factory.create(config.provider, config.model)
+        message = Message("user", prompt_with_inputs(task, inputs or {}))
+        input_tokens = estimate_input_tokens(config.system_prompt, [message])
+        output_tokens = config.max_tokens or self.settings.llm_max_tokens
+        usage = TokenUsage(input_tokens=input_tokens, output_tokens=output_tokens)
+        cost = self.prices.cost_usd(llm.model, usage, provider=llm.provider, warn=False)
+        return cost or 0.0, usage.total_tokens
 
     def _resolve_mode(self, config: AgentConfig, mode: str | None) -> ExecutionMode:
         if mode is not None:
@@ -160,18 +196,29 @@ class TaskExecutor:
         return await self._execute_script(task, config, timeout_s, run)
 
     async def _llm_call(
-        self, config: AgentConfig, messages: Sequence[Message], system: str | None, max_tokens: int | None
+        self,
+        config: AgentConfig,
+        messages: Sequence[Message],
+        system: str | None,
+        max_tokens: int | None,
+        run: RunContext,
     ) -> LlmResponse:
         llm = self.llm_factory.create(config.provider, config.model)
         request = LlmRequest(
             system=config.system_prompt if system is None else system,
             max_tokens=max_tokens or config.max_tokens or self.settings.llm_max_tokens,
         )
-        return await llm.generate_content_async(messages, request)
+        on_wait = None
+        if run.on_capacity_wait is not None:
+            report = run.on_capacity_wait
+            on_wait = lambda seconds: report(llm.provider, llm.model, seconds)  # noqa: E731
+        return await call_with_capacity(
+            llm, messages, request, limiter=self.limiter, idle=run.idle, on_wait=on_wait
+        )
 
     async def _execute_via_llm(self, task: AgentTask, config: AgentConfig, run: RunContext) -> _Output:
         response = await self._llm_call(
-            config, [Message("user", prompt_with_inputs(task, run.inputs))], None, None
+            config, [Message("user", prompt_with_inputs(task, run.inputs))], None, None, run
         )
         return _Output(response.text, response.provider, response.model, response.usage)
 
@@ -182,12 +229,12 @@ class TaskExecutor:
             return await self._delegate(task, children, run)
 
         async def llm(messages: Sequence[Message], system: str | None, max_tokens: int | None) -> LlmResponse:
-            return await self._llm_call(config, messages, system, max_tokens)
+            return await self._llm_call(config, messages, system, max_tokens, run)
 
         ctx = AgentContext(task, run, delegate=delegate, llm=llm)
         text, usage = await call_python_agent(config.entrypoint, task, ctx)
-        model = config.model if ctx.usage.total_tokens else None
-        return _Output(text, "python", model, ctx.usage + usage)
+        model = ctx.model if ctx.usage.total_tokens else None
+        return _Output(text, ctx.provider if model else "python", model, ctx.usage + usage)
 
     async def _delegate(
         self, parent: AgentTask, children: Sequence[AgentTask], run: RunContext

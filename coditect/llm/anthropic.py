@@ -28,7 +28,7 @@ from coditect.settings import Settings
 
 __all__ = ["DEFAULT_ANTHROPIC_MODEL", "AnthropicLlm", "create_anthropic_client"]
 
-DEFAULT_ANTHROPIC_MODEL = "claude-sonnet-4-5"
+DEFAULT_ANTHROPIC_MODEL = "claude-sonnet-5-5"
 
 
 def create_anthropic_client(settings: Settings) -> anthropic.AsyncAnthropic:

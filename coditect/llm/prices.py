@@ -153,14 +153,16 @@ class PriceTable:
             found = self.prices.get(base)
         return found
 
-    def cost_usd(self, model: str, usage: TokenUsage, *, provider: str | None = None) -> float | None:
+    def cost_usd(
+        self, model: str, usage: TokenUsage, *, provider: str | None = None, warn: bool = True
+    ) -> float | None:
         """What ``usage`` of ``model`` cost; None (and one warning per model) when its price is unknown."""
         if provider in FREE_PROVIDERS:
             return 0.0
         price = self.price(model)
         if price is not None:
             return price.cost_usd(usage)
-        if model not in _warned:
+        if warn and model not in _warned:
             _warned.add(model)
             logger.warning(
                 "no price for model %r: its results carry cost_usd null (add it to CODITECT_PRICES_FILE)",

@@ -6,6 +6,7 @@
 --   :tasks       task id -> task JSON            :state       task id -> q | r | s | f | t | c
 --   :waiting     task id -> unmet dependencies   :dependants  task id -> "id id ..."
 --   :parents     child id -> "parent-id depth"          :order       task ids, in submission order
+--   :reserved    task id -> "usd tokens" it reserved against the batch's budget while it runs
 -- and its event stream EVENTS..b; every event also goes to the global stream EVENTS_ALL.
 -- C is the call's configuration: now (ms), queue, wake (channel), maxlen (of the streams),
 -- keep_ms (of a finished batch), expiry_ms (of a job key), worker (name for events).
@@ -14,7 +15,7 @@ local C = {}
 local FINAL = {s = 'success', f = 'failed', t = 'timeout', c = 'cancelled'}
 local CODE = {success = 's', failed = 'f', timeout = 't', cancelled = 'c'}
 local EVENT = {s = 'task.succeeded', f = 'task.failed', t = 'task.timeout', c = 'task.cancelled'}
-local PARTS = {'', ':tasks', ':order', ':state', ':waiting', ':dependants', ':parents'}
+local PARTS = {'', ':tasks', ':order', ':state', ':waiting', ':dependants', ':parents', ':reserved'}
 
 local function configure(now, queue, wake, maxlen, keep_ms, expiry_ms, worker)
   C.now, C.queue, C.wake = tonumber(now), queue, wake
@@ -101,6 +102,16 @@ local function add_totals(meta, prefix, u, cost)
   end
 end
 
+-- Gives back what task t reserved against its batch's budget (when it ends or goes back to the queue).
+local function release(b, t)
+  local held = redis.call('HGET', bkey(b, ':reserved'), t)
+  if not held then return end
+  local usd, tokens = string.match(held, '(%S+) (%S+)')
+  redis.call('HDEL', bkey(b, ':reserved'), t)
+  redis.call('HINCRBYFLOAT', bkey(b), 'reserved_usd', -tonumber(usd))
+  redis.call('HINCRBY', bkey(b), 'reserved_tokens', -tonumber(tokens))
+end
+
 local cancel_tree
 
 -- Records task t's final status (code s/f/t/c) once; releases or cancels its dependants.
@@ -111,6 +122,7 @@ local function finalize(b, t, code, info)
   local previous = redis.call('HGET', state, t)
   if previous and FINAL[previous] then return false end
   local meta = bkey(b)
+  release(b, t)
   redis.call('HSET', state, t, code)
   redis.call('HINCRBY', meta, 'n_' .. FINAL[code], 1)
   if previous == 'r' then redis.call('HINCRBY', meta, 'n_running', -1) end

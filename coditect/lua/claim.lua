@@ -3,9 +3,10 @@
 --       finished-batch keep ms, job expiry ms, '1' when aborts are allowed (else the abort set is
 --       left alone, as ARQ does), the claim's sequence number (or ''), then optionally the ids to
 --       claim (instead of what is due first).
--- Claims up to max due jobs nobody holds. Returns {id, payload, try, score, aborted, depth, error}
--- per job: error says why when the job's retry counter is unusable (set by hand to a non-integer or
--- to the largest integer; try is 0 then): the worker records that job as failed without running it.
+-- Claims up to max due jobs nobody holds. Returns {id, payload, try, score, aborted, depth, error,
+-- budget} per job (budget 1: its batch has a budget to reserve against before it runs): error says
+-- why when the job's retry counter is unusable (set by hand to a non-integer or to the largest
+-- integer; try is 0 then): the worker records that job as failed without running it.
 -- Jobs whose lease ran out (their worker died) come first: their queue score is the lease deadline,
 -- which would put them behind every job queued before it. Then the queue head, in score order.
 -- A call that claims something with a sequence number keeps it as the worker's last claim (see
@@ -32,7 +33,7 @@ local function claim(id, score)
   redis.call('ZADD', KEYS[1], now + lease, id)
   redis.call('ZADD', KEYS[2], now + lease, id)
   local aborted = ARGV[10] == '1' and redis.call('ZREM', ABORT, id) or 0
-  local depth = 0
+  local depth, budget = 0, 0
   local b, t = batch_of(id)
   if b then
     if not payload then  -- evicted or lost with Redis data: the batch still holds the task
@@ -49,9 +50,12 @@ local function claim(id, score)
     end
     local parent = redis.call('HGET', bkey(b, ':parents'), t)
     if parent then depth = tonumber(string.match(parent, '%S+%s+(%d+)')) or 0 end
+    if redis.call('HEXISTS', bkey(b), 'budget_usd') == 1 or redis.call('HEXISTS', bkey(b), 'budget_tokens') == 1 then
+      budget = 1
+    end
     emit(b, 'task.started', t, {'attempt', tostring(try), 'worker', C.worker})
   end
-  claimed[#claimed + 1] = {id, payload or '', try, score, aborted, depth, problem}
+  claimed[#claimed + 1] = {id, payload or '', try, score, aborted, depth, problem, budget}
 end
 local function remembered()
   local seq = ARGV[11]
@@ -59,7 +63,7 @@ local function remembered()
     local last, items = LAST_CLAIM .. ARGV[4], {seq}
     for _, row in ipairs(claimed) do  -- at most MAX_CLAIM rows: well within unpack's limit
       items[#items + 1] = row[1]
-      items[#items + 1] = row[3] .. ' ' .. row[4] .. ' ' .. row[5] .. ' ' .. row[6] .. ' ' .. row[7]
+      items[#items + 1] = row[3] .. ' ' .. row[4] .. ' ' .. row[5] .. ' ' .. row[6] .. ' ' .. row[8] .. ' ' .. row[7]
     end
     redis.call('DEL', last)
     redis.call('RPUSH', last, unpack(items))

@@ -53,6 +53,7 @@ for i = 8, #ARGV, 6 do
     requeued = requeued + 1
     local b, t = batch_of(id)
     if b then
+      release(b, t)  -- the next attempt reserves again
       local state = redis.call('HGET', bkey(b, ':state'), t)
       if state == 'r' then
         redis.call('HSET', bkey(b, ':state'), t, 'q')

@@ -432,14 +432,25 @@ def test_python_m_coditect_help() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("usage: coditect")
-    for command in ("demo", "run", "worker", "submit", "status", "results", "cancel", "watch"):
+    commands = (
+        "demo",
+        "run",
+        "worker",
+        "submit",
+        "status",
+        "results",
+        "cancel",
+        "watch",
+        "events",
+        "batches",
+    )
+    for command in (*commands, "schedule", "dead-letters"):
         assert re.search(rf"^\s+{command}\s", proc.stdout, re.MULTILINE)
 
 
 def test_console_script_help() -> None:
     script = shutil.which("coditect", path=str(Path(sys.executable).parent))
-    if script is None:
-        pytest.skip("the coditect console script is not installed next to this interpreter")
+    assert script is not None, "the coditect console script is not installed next to this interpreter"
     proc = subprocess.run([script, "run", "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "--timeout SECONDS" in proc.stdout
@@ -523,42 +534,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[str]:
-    if not Path(REDIS_SERVER).exists():
-        pytest.skip("redis-server is not installed")
-    port = free_port()
-    proc = subprocess.Popen(
-        [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    client = redis.Redis(port=port, socket_connect_timeout=1)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.01)  # between pings while the server binds its port
-        yield f"redis://127.0.0.1:{port}"
-    finally:
-        client.close()
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-@pytest.fixture
-def redis_url(redis_server: str) -> str:
-    client = redis.Redis.from_url(redis_server)
-    client.flushall()
-    client.close()
-    return redis_server
 
 
 def submit(capsys: pytest.CaptureFixture[str], path: Path, url: str, *extra: str) -> str:

@@ -266,6 +266,18 @@ async def test_events_since_an_id_are_only_the_later_ones(orch: ProjectOrchestra
     assert [event.id for event in later] == [event.id for event in events[3:]]
 
 
+async def test_a_batch_id_that_exists_with_other_tasks_is_refused(orch: ProjectOrchestrator) -> None:
+    await orch.run_batch(tasks(2), batch_id="taken")
+    again = await orch.run_batch(tasks(2), batch_id="taken")  # the same batch: followed, not re-run
+
+    with pytest.raises(TaskInputError, match=r"batch 'taken' exists with other tasks .*'x0'") as caught:
+        await orch.run_batch(tasks(1, prefix="x"), batch_id="taken")
+
+    assert caught.value.field == "batch_id"
+    assert [r.status for r in again] == [SUCCESS, SUCCESS]
+    assert (await orch.summary("taken")).total == 2
+
+
 # -- deadlines, cancellation, status --------------------------------------------------------------
 
 

@@ -100,7 +100,7 @@ async def test_a_lost_claim_is_given_again_with_its_leases_renewed(pool: ArqRedi
 
     assert again == first
     assert [row[0] for row in again] == [b"j1", b"j2", b"j3"]
-    assert again[2][2:] == [0, b"2", 0, 0, again[2][6]]
+    assert again[2][2:] == [0, b"2", 0, 0, again[2][6], 0]
     assert again[2][6].startswith(b"retry counter arq:retry:j3 is unusable")
     assert await pool.pttl("arq:in-progress:j1") > 2000
     assert (await pool.zscore(leases_key(QUEUE_NAME), "j1") or 0) > now_ms() + 2000

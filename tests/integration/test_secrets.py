@@ -129,7 +129,7 @@ async def test_the_key_never_leaves_the_worker_but_in_the_authorization_header(
     async with asyncio.timeout(30):
         cli_out, cli_err = await cli.communicate()
     assert cli.returncode == 1, cli_err.decode()  # one task failed
-    assert [item["task_id"] for item in json.loads(cli_out)] == [t.id for t in tasks]
+    assert [item["task_id"] for item in json.loads(cli_out)["results"]] == [t.id for t in tasks]
 
     await worker.stop()  # all of its log, shutdown included
     worker_log = "\n".join(worker.lines)

@@ -25,13 +25,14 @@ from typing import Any
 import pytest
 import redis.asyncio
 
-from coditect.client.batches import result_from_arq
 from coditect.client.orchestrator import ProjectOrchestrator
 from coditect.jobs import JOB_NAME
-from coditect.keys import done_key, job_id_for
+from coditect.keys import job_id_for
 from coditect.models import AgentTask, ExecutionStatus
+from coditect.results import result_from_arq
 from coditect.serialization import job_deserializer, job_serializer
 from coditect.settings import Settings
+from tests.support.faults import eventually
 
 StartWorkers = Callable[..., Any]
 KEY = "sk-ant-test-SECRET-untrusted-7f3a"
@@ -127,7 +128,7 @@ async def test_planted_jobs_fail_clearly_run_nothing_and_the_worker_carries_on(
         "not-json": (b"\x00\xff this is not JSON {", "unreadable job payload, not executed"),
         "pickle": (armed_pickle(marker, 5), "refusing a pickle payload"),
         "pickle-protocol-0": (armed_pickle(marker, 0), "unreadable job payload, not executed"),
-        "not-a-job": (b'["execute_task", {"title": "x"}]', "unreadable job payload, not executed"),
+        "not-a-job": (b'["execute_task", {"title": "x"}]', "not executed: job payload is not a JSON object"),
         "no-title": (
             job_serializer(job(JOB_NAME, {"id": "no-title", "agent": "counter", "description": "x"})),
             "invalid task payload, not executed: title: Field required",
@@ -167,13 +168,14 @@ async def test_planted_jobs_fail_clearly_run_nothing_and_the_worker_carries_on(
                 pipe.psetex(f"arq:job:{job_ids[name]}", 60_000, payload)
                 pipe.zadd(real_settings.queue_name, {job_ids[name]: now_ms})
             await pipe.execute()
-        # Workers report each finished job of a batch on its done list: wait on that, not a clock.
-        finished: set[str] = set()
-        async with asyncio.timeout(20):
-            while len(finished) < len(planted):
-                _, job_id = await client.blpop([done_key(PLANTED_BATCH)])
-                finished.add(job_id.decode())
-        assert finished == set(job_ids.values())
+
+        # Planted jobs belong to no recorded batch, so no event tells of them: look for their results.
+        async def all_results() -> bool:
+            return bool(
+                await client.exists(*(f"arq:result:{job_id}" for job_id in job_ids.values())) == len(job_ids)
+            )
+
+        await eventually(all_results, timeout_s=20, what="a result for every planted job")
         raw_results = {name: await client.get(f"arq:result:{job_id}") for name, job_id in job_ids.items()}
         queued_left = await client.zcard(real_settings.queue_name)
     finally:
@@ -202,7 +204,7 @@ async def test_planted_jobs_fail_clearly_run_nothing_and_the_worker_carries_on(
     assert (scripts / "execute_counter.py.ledger").read_text().split() == ["good"]  # nothing planted ran
     assert not marker.exists(), "a planted pickle was unpickled"
     log = "\n".join(worker.lines)
-    assert "payload is not a coditect JSON job" in log
+    assert "planted:not-json: payload is not a coditect JSON job (job payload is not UTF-8 text)" in log
     assert "Traceback" not in log
     assert KEY not in log
 

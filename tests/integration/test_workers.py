@@ -15,6 +15,7 @@ from arq import create_pool
 from coditect.client.orchestrator import ProjectOrchestrator
 from coditect.connections import redis_settings_from
 from coditect.jobs import JOB_NAME, job_deserializer, job_serializer
+from coditect.keys import job_id_for
 from coditect.models import AgentTask, ExecutionStatus
 from coditect.settings import Settings
 
@@ -93,11 +94,16 @@ async def test_the_same_task_enqueued_twice_runs_once(
     batch = tasks(3, prefix="c", agent="counter")
     async with ProjectOrchestrator(settings) as orch:
         await orch.submit(batch, batch_id="twice")
-        again = await orch.store.submit("twice", batch)  # queued or running: nothing written
+        assert not (await orch.store.submit("twice", batch)).created  # queued or running: refused
         results = await orch.wait("twice")
-        after = await orch.store.submit("twice", batch)  # finished, results kept: nothing written
+        assert not (await orch.store.submit("twice", batch)).created  # finished, kept: refused
+        for task in batch:  # and a plain ARQ enqueue of a finished task's job id is refused too
+            job_id = job_id_for("twice", task.id)
+            job = await orch.redis.enqueue_job(
+                JOB_NAME, "{}", _job_id=job_id, _queue_name=settings.queue_name
+            )
+            assert job is None
         rerun = await orch.run_batch(batch, batch_id="twice")  # a re-run attaches to the batch
-    assert (again.created, after.created) == (False, False)
     assert all(r.succeeded for r in results)
     assert [r.output for r in rerun] == [r.output for r in results]
     assert sorted(ledger.read_text().split()) == ["c0", "c1", "c2"]

@@ -37,9 +37,28 @@ def not_async(task: AgentTask, ctx: AgentContext) -> str:
 
 
 async def sleeper(task: AgentTask, ctx: AgentContext) -> str:
-    """Sleeps ``metadata.seconds`` (a slow task without a slow provider)."""
+    """Sleeps ``metadata.seconds`` (a slow task without a slow provider); with ``metadata.ledger``, first
+    appends ``<task id> <pid>`` to that file, so a test can count the starts and where they ran."""
     import asyncio
+    import os
 
+    ledger = task.metadata.get("ledger")
+    if isinstance(ledger, str):
+        with open(ledger, "a") as file:  # noqa: ASYNC230  # one short line, in a test agent
+            file.write(f"{task.id} {os.getpid()}\n")
     seconds = task.metadata.get("seconds", 0)
     await asyncio.sleep(float(seconds) if isinstance(seconds, int | float) else 0.0)
     return f"slept {seconds}"
+
+
+async def slow_planner(task: AgentTask, ctx: AgentContext) -> str:
+    """Records its start in the ledger, then delegates two sleepers with its own metadata."""
+    import os
+
+    ledger = task.metadata.get("ledger")
+    if isinstance(ledger, str):
+        with open(ledger, "a") as file:  # noqa: ASYNC230
+            file.write(f"{task.id} {os.getpid()}\n")
+    children = [AgentTask(title=f"part {n}", agent="sleeper", metadata=task.metadata) for n in (1, 2)]
+    results = await ctx.delegate(children)
+    return " | ".join(f"{result.task_id}={result.status}" for result in results)
