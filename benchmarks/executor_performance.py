@@ -388,6 +388,85 @@ async def _until_running(orch: ProjectOrchestrator, job_ids: list[str], within_s
     await asyncio.sleep(0.2)  # the claimed jobs' coroutines have all started by now
 
 
+@figure("rate-limited", "rate-limited: a batch at a limit shared by 2 workers, fake provider enforcing it")
+async def rate_limited(bench: Bench, out: FigureResult) -> None:
+    """The provider allows 30 requests in any rolling second (1,800/min); the limits file 5 % under it
+    (1,710/min), since providers count over short windows. Achieved rate from the provider's own
+    timestamps of the requests it accepted; the warm-up batch runs on cold workers."""
+    import json
+
+    from benchmarks.harness import BATCH_TIMEOUT_S
+    from coditect.models import AgentTask
+    from tests.support.provider_process import ProviderProcess, provider_process
+
+    provider_rpm, rpm, model, max_jobs = 1800, 1710, "fake-sonnet", 10
+    count, reps, warmup_count = bench.pick(600, 150), bench.pick(3, 1), bench.pick(60, 30)
+    out.params = {
+        "tasks": count, "provider_rpm": provider_rpm, "limit_rpm": rpm, "workers": 2, "max_jobs": max_jobs,
+        "provider_latency_s": 0.05, "reps": reps, "warmup_tasks": warmup_count,
+    }  # fmt: skip
+
+    async def once(provider: ProviderProcess, orch: ProjectOrchestrator, size: int) -> dict[str, float]:
+        """One checked batch of ``size`` tasks: what the provider saw."""
+        await provider.clear()
+        label = unique_batch_id("rl")
+        tasks = [AgentTask(id=f"{label}-{i}", title=f"rate-limited task {i}") for i in range(size)]
+        results = await orch.execute_tasks_parallel(tasks, batch_id=label, timeout_s=BATCH_TIMEOUT_S)
+        if [r.task_id for r in results] != [t.id for t in tasks] or any(not r.succeeded for r in results):
+            wrong = next((r for r in results if not r.succeeded), results[0])
+            raise WrongResults(
+                f"{len(results)} results for {size} tasks; e.g. {wrong.task_id}: {wrong.error}"
+            )
+        if any(r.provider != "anthropic" or not r.output.startswith("echo: ") for r in results):
+            raise WrongResults("a result did not come from the fake provider through the Anthropic SDK")
+        served = sorted(await provider.served(), key=lambda entry: entry["at"])
+        accepted = [entry["at"] for entry in served if entry["status"] == 200]
+        if len(accepted) != size:
+            raise WrongResults(f"the provider accepted {len(accepted)} requests for {size} tasks")
+        span = accepted[-1] - accepted[0]
+        busiest = max(sum(1 for t in accepted if start <= t < start + 1.0) for start in accepted)
+        return {
+            "requests": len(served),
+            "refused": sum(1 for entry in served if entry["status"] == 429),
+            "span_s": span,
+            "rpm": (len(accepted) - 1) / span * 60,  # n requests span n - 1 intervals
+            "max_in_1s": busiest,
+        }
+
+    with tempfile.TemporaryDirectory(prefix="coditect-bench-limits-") as folder:
+        limits = Path(folder) / "limits.json"
+        limits.write_text(
+            json.dumps({"limits": [{"provider": "anthropic", "model": model, "requests_per_minute": rpm}]})
+        )
+        args = ("--requests-per-minute", str(provider_rpm), "--latency-s", "0.05")
+        async with provider_process(*args) as provider:
+            env = provider.worker_env(
+                CODITECT_LLM_MODEL=model, CODITECT_LIMITS_FILE=str(limits), CODITECT_MAX_JOBS=str(max_jobs)
+            )
+            async with bench.coditect_workers(2, **env), bench.orchestrator() as orch:
+                cold = await once(provider, orch, warmup_count)
+                runs = [await once(provider, orch, count) for _ in range(reps)]
+    out.raw = {"warmup": cold, "runs": runs}
+    cold_notes = f"warm-up on cold workers: 429s {cold['refused']} of {cold['requests']} requests"
+    ratio_notes = f"target >= 0.9; limit {rpm}/min, 5 % under the provider's {provider_rpm}/min; {cold_notes}"
+    out.add(
+        Metric(
+            "achieved rate / limit", "x", [run["rpm"] / rpm for run in runs], Target(">", 0.9), ratio_notes
+        )
+    )
+    shares = [100 * run["refused"] / run["requests"] for run in runs]
+    out.add(
+        Metric("429 share", "%", shares, Target("<=", 0.99), "target < 1 %; each 429 pauses every worker")
+    )
+    out.add(Metric("achieved rate", "req/min", [run["rpm"] for run in runs], notes=f"{count} tasks per run"))
+    busiest = [float(run["max_in_1s"]) for run in runs]
+    out.add(
+        Metric(
+            "most requests in any 1 s", "requests", busiest, notes=f"the provider allows {provider_rpm // 60}"
+        )
+    )
+
+
 # -- running them ------------------------------------------------------------------------------
 
 

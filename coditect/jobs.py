@@ -172,7 +172,9 @@ async def execute_task(
     if run is not None and run.budget:
         reserved = await runtime.reserve(run, parsed, agent, mode, dict(run_context.inputs))
         if isinstance(reserved, BudgetRefused):
-            return refused_result(parsed, reserved, job_try).to_json_dict()
+            refused = refused_result(parsed, reserved, job_try)
+            runtime.finished(refused)
+            return refused.to_json_dict()
         if reserved is not None:
             raise CapacityDeferred(reserved)  # the budget has room once the running tasks settle
     try:

@@ -66,6 +66,7 @@ __all__ = [
     "WORKERS_KEY",
     "WORKER_CHANNEL_PREFIX",
     "WORKER_KEY_PREFIX",
+    "batch_key",
     "cooldown_key",
     "job_id_for",
     "leases_key",
@@ -100,6 +101,11 @@ LIMIT_KEY_PREFIX = "coditect:limit:"
 # A rate-limit key outlives the time it holds by this much, so that a call settling its actual usage
 # within a minute of that time still finds it; later, a minute's refill has absorbed any correction.
 LIMIT_GRACE_MS = 60_000
+
+
+def batch_key(batch_id: str, part: str = "") -> str:
+    """A batch's hash, or one of its parts: ``batch_key(b, "state")`` is ``coditect:batch:<b>:state``."""
+    return BATCH_KEY_PREFIX + batch_id + (":" + part if part else "")
 
 
 def job_id_for(batch_id: str, task_id: str) -> str:

@@ -143,8 +143,9 @@ def url_passwords(url: str) -> list[str]:
 
 
 def settings_secrets(settings: Settings) -> list[str]:
-    """The secret values ``settings`` holds: the API keys and the Redis URL's passwords."""
-    keys = (settings.anthropic_api_key, settings.openai_api_key)
+    """The secret values ``settings`` holds: the API keys, the dashboard's token and the Redis URL's
+    passwords."""
+    keys = (settings.anthropic_api_key, settings.openai_api_key, settings.dashboard_token)
     return [key.get_secret_value() for key in keys if key is not None] + url_passwords(settings.redis_url)
 
 

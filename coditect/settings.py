@@ -91,6 +91,12 @@ class Settings(BaseSettings):
         default=None, ge=0, le=65_535, description="Serve Prometheus metrics from workers on this port."
     )
 
+    # Dashboard
+    dashboard_token: SecretStr | None = Field(
+        default=None,
+        description="Required to serve the dashboard beyond 127.0.0.1; checked on every request when set.",
+    )
+
     @property
     def provider(self) -> ProviderChoice:
         """The provider used when an agent names none."""

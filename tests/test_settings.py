@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr, ValidationError
 
+from coditect.secrets import settings_secrets
 from coditect.settings import Settings
 
 SECRET = "sk-ant-test-0123456789-never-print-me"
@@ -74,7 +75,7 @@ ENV_CASES: list[tuple[str, str, str, Any]] = [
     ("CODITECT_METRICS_PORT", "9464", "metrics_port", 9464),
 ]
 # Read from their own variable names; tested separately below.
-SECRET_FIELDS = {"anthropic_api_key", "openai_api_key"}
+SECRET_FIELDS = {"anthropic_api_key", "openai_api_key", "dashboard_token"}
 TEXT_TYPES = (str, Path, str | None, Path | None)
 
 
@@ -179,6 +180,18 @@ def test_openai_key_is_a_secret_too(monkeypatch: pytest.MonkeyPatch, variable: s
     assert settings.openai_api_key.get_secret_value() == SECRET
     assert SECRET not in repr(settings)
     assert SECRET not in settings.model_dump_json()
+
+
+def test_the_dashboard_token_is_a_secret_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CODITECT_DASHBOARD_TOKEN", SECRET)
+
+    settings = load()
+
+    assert settings.dashboard_token is not None
+    assert settings.dashboard_token.get_secret_value() == SECRET
+    assert SECRET not in repr(settings)
+    assert SECRET not in settings.model_dump_json()
+    assert SECRET in settings_secrets(settings)  # so logs mask it
 
 
 def test_provider_defaults_to_offline_without_a_key(settings: Settings) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Coroutine, Iterator, Sequence
 from typing import Any, NoReturn
 
 from coditect.cli import batch_commands as batches
+from coditect.cli import dashboard_commands as dashboards
 from coditect.cli import worker_commands as workers
 from coditect.cli.shared import EXIT_BAD_INPUT, EXIT_INTERRUPTED, CliError
 
@@ -107,8 +108,23 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             sub.add_argument("batch", metavar="BATCH", help=help_text)
 
+    def with_dashboard(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--dashboard",
+            action="store_true",
+            help="serve the web dashboard on 127.0.0.1 while it runs, and after, until Ctrl-C",
+        )
+        sub.add_argument(
+            "--dashboard-port",
+            type=_port,
+            default=8000,
+            metavar="PORT",
+            help="its port (default 8000; 0: any free)",
+        )
+
     demo = command("demo", batches.cmd_demo, "run a sample project in-process with the offline provider")
     as_json(demo)
+    with_dashboard(demo)
     demo.set_defaults(batch_id=None, timeout=None)
 
     run = command("run", batches.cmd_run, "run a batch file and wait for its results")
@@ -116,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     redis_url(run)
     as_json(run)
     run.add_argument("--timeout", type=_positive_seconds, metavar="SECONDS", help="end unfinished tasks then")
+    with_dashboard(run)
 
     worker = command(
         "worker", workers.cmd_worker, "run a worker process for the queue (needs a shared Redis)"
@@ -172,6 +189,18 @@ def build_parser() -> argparse.ArgumentParser:
     schedule = command("schedule", workers.cmd_schedule, "list the scheduled batches and their next run")
     redis_url(schedule)
     as_json(schedule, "a JSON array of schedules")
+
+    dashboard = command(
+        "dashboard", dashboards.cmd_dashboard, "serve the web dashboard of the batches and workers on a Redis"
+    )
+    dashboard.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; any other needs "
+        "CODITECT_DASHBOARD_TOKEN)"
+    )  # fmt: skip
+    dashboard.add_argument(
+        "--port", type=_port, default=8000, help="port to listen on (default 8000; 0: any free)"
+    )
+    redis_url(dashboard)
 
     dead = command("dead-letters", workers.cmd_dead_letters, "list queue entries set aside as unusable")
     redis_url(dead)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from coditect.cli.shared import (
@@ -24,6 +25,7 @@ from coditect.cli.shared import (
 
 if TYPE_CHECKING:
     from coditect.client.batchfile import BatchSpec
+    from coditect.client.orchestrator import ProjectOrchestrator
     from coditect.models import AgentTask, Budget
     from coditect.settings import Settings
 
@@ -43,8 +45,16 @@ __all__ = [
 async def _run_and_print(
     args: argparse.Namespace, settings: Settings, tasks: Sequence[AgentTask], *, name: str, budget: Budget
 ) -> int:
-    """``run`` and ``demo``: run a batch to the end with live progress, then print it."""
-    async with open_orchestrator(settings, command=args.command, shared=False) as orch:
+    """``run`` and ``demo``: run a batch to the end with live progress, then print it (with
+    ``--dashboard``, serve the dashboard meanwhile, and after until Ctrl-C)."""
+    if args.dashboard:
+        from coditect.cli.dashboard_commands import require_dashboard_extra
+
+        require_dashboard_extra()
+    async with (
+        open_orchestrator(settings, command=args.command, shared=False) as orch,
+        _dashboard(orch, args) as address,
+    ):
         with progress(not args.json) as on_progress:
             started = time.monotonic()
             results = await orch.run_batch(
@@ -57,7 +67,28 @@ async def _run_and_print(
                 budget_tokens=budget.budget_tokens,
             )
             elapsed_s = time.monotonic() - started
-    return print_results(results, as_json=args.json, elapsed_s=elapsed_s)
+        code = print_results(results, as_json=args.json, elapsed_s=elapsed_s)
+        if address is not None:
+            from coditect.cli.dashboard_commands import until_interrupted
+
+            sys.stdout.flush()
+            print(
+                f"coditect: the run has ended; the dashboard stays at {address} until Ctrl-C", file=sys.stderr
+            )
+            await until_interrupted()
+    return code
+
+
+@contextlib.asynccontextmanager
+async def _dashboard(orch: ProjectOrchestrator, args: argparse.Namespace) -> AsyncIterator[str | None]:
+    if not args.dashboard:
+        yield None
+        return
+    from coditect.cli.dashboard_commands import serving_dashboard
+
+    async with serving_dashboard(orch, "127.0.0.1", args.dashboard_port) as address:
+        print(f"coditect: dashboard at {address}", file=sys.stderr, flush=True)
+        yield address
 
 
 def _budget(args: argparse.Namespace, spec: BatchSpec) -> Budget:

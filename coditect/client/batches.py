@@ -40,7 +40,7 @@ from coditect.redis_config import ServerInfo
 from coditect.redis_errors import short_error
 from coditect.results import result_from_arq
 
-__all__ = ["ATOMIC_TASKS", "CHUNK", "BatchStore", "BatchSummary", "Submitted"]
+__all__ = ["ATOMIC_TASKS", "CHUNK", "STATE_STATUS", "BatchStore", "BatchSummary", "Submitted"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,8 @@ CHUNK = 500
 ATOMIC_TASKS = 5_000
 ATOMIC_BYTES = 16 * 1024 * 1024
 WITHDRAW_REPLY_TIMEOUT_S = 10.0
-_STATES = {
+# The one-letter states of a batch's `:state` hash (see coditect/lua/batch.lua).
+STATE_STATUS = {
     "p": ExecutionStatus.PENDING,
     "q": ExecutionStatus.QUEUED,
     "r": ExecutionStatus.RUNNING,
@@ -334,7 +335,8 @@ class BatchStore:
     async def states(self, batch_id: str) -> dict[str, ExecutionStatus]:
         raw = await self.redis.hgetall(BATCH_KEY_PREFIX + batch_id + ":state")  # type: ignore[misc]
         return {
-            task.decode(): _STATES.get(state.decode(), ExecutionStatus.PENDING) for task, state in raw.items()
+            task.decode(): STATE_STATUS.get(state.decode(), ExecutionStatus.PENDING)
+            for task, state in raw.items()
         }
 
     async def fetch_results(self, batch_id: str, task_ids: Sequence[str]) -> dict[str, ExecutionResult]:

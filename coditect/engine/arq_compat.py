@@ -56,10 +56,15 @@ def install() -> None:
         return
 
     def create_worker(settings_cls: Any, **kwargs: Any) -> Worker:
-        if coditect_settings_of(settings_cls) is None:
+        settings = coditect_settings_of(settings_cls)
+        if settings is None:
             return previous(settings_cls, **kwargs)
         from coditect.engine.create import create_worker as create_coditect_worker
+        from coditect.logs import ensure_worker_logging
 
+        # ARQ's command has configured its log handlers by now: give them coditect's format and
+        # filters before the worker's first line, not at on_startup (after ARQ's first two).
+        ensure_worker_logging(settings)
         return create_coditect_worker(settings_cls, **kwargs)
 
     create_worker._coditect = True  # type: ignore[attr-defined]

@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING
 from arq.connections import ArqRedis
 from redis.exceptions import RedisError
 
-from coditect.keys import BATCH_KEY_PREFIX, RESULT_PREFIX, RETRY_COUNTER_TTL_S, USAGE_PREFIX, job_id_for
+from coditect.keys import (
+    BATCH_KEY_PREFIX,
+    RESULT_PREFIX,
+    RETRY_COUNTER_TTL_S,
+    USAGE_PREFIX,
+    job_id_for,
+    leases_key,
+)
 from coditect.lua import script
 from coditect.models import AgentTask, ExecutionResult, ExecutionStatus, TokenUsage
 from coditect.results import result_from_arq
@@ -71,9 +78,18 @@ class WorkerRuntime:
         while True:
             with contextlib.suppress(RedisError, OSError):
                 async with asyncio.timeout(GAUGES_EVERY_S):
-                    self.metrics.set_queue_depth(int(await self.redis.zcard(self.worker.queue_name)))
+                    self.metrics.set_queue_depth(await self._waiting())
             self.metrics.set_in_flight(len(self.worker.tasks))
             await asyncio.sleep(GAUGES_EVERY_S)
+
+    async def _waiting(self) -> int:
+        """Tasks in the queue that no worker holds: a claimed job stays in the queue under its lease."""
+        assert self.worker is not None
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(self.worker.queue_name)
+            pipe.zcard(leases_key(self.worker.queue_name))
+            queued, held = await pipe.execute()
+        return max(0, int(queued) - int(held))
 
     async def aclose(self) -> None:
         if self._gauges is not None:

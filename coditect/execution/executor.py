@@ -57,6 +57,20 @@ class _Output:
     usage: TokenUsage = field(default_factory=TokenUsage)
 
 
+@dataclass(slots=True)
+class _Spent:
+    """What the model calls of one run have used so far. A run that fails or times out after some
+    calls (a python agent that raises after ``ctx.llm``) was still billed for them."""
+
+    provider: str | None = None
+    model: str | None = None
+    usage: TokenUsage = field(default_factory=TokenUsage)
+
+    def add(self, response: LlmResponse) -> None:
+        self.provider, self.model = response.provider, response.model
+        self.usage = self.usage + response.usage
+
+
 def default_worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -118,6 +132,7 @@ class TaskExecutor:
             started_at=started_at,
             worker=self.worker_name,
         )
+        spent = _Spent()
         try:
             config = self.agents.get(agent_name)
             if task.agent != agent_name:
@@ -127,7 +142,7 @@ class TaskExecutor:
             timeout_s = min(task.timeout_s or config.timeout_s, self.settings.job_timeout_s)
             try:
                 async with asyncio.timeout(timeout_s):
-                    output = await self._dispatch(chosen, task, config, timeout_s, run)
+                    output = await self._dispatch(chosen, task, config, timeout_s, run, spent)
             except TimeoutError:
                 result.status = ExecutionStatus.TIMEOUT
                 result.error = f"task {task.id} timed out after {timeout_s:g} s and was cancelled"
@@ -146,6 +161,8 @@ class TaskExecutor:
             logger.exception("task %s: unexpected error in agent %s", task.id, agent_name)
             result.status = ExecutionStatus.FAILED
             result.error = f"unexpected {type(err).__name__}: {err}"
+        if not result.succeeded and spent.usage.total_tokens:
+            result.provider, result.model, result.usage = spent.provider, spent.model, spent.usage
         result.finished_at = datetime.now(UTC)
         result.duration_s = round(time.perf_counter() - clock, 6)
         if result.model is not None:
@@ -185,14 +202,20 @@ class TaskExecutor:
         return config.mode
 
     async def _dispatch(
-        self, mode: ExecutionMode, task: AgentTask, config: AgentConfig, timeout_s: float, run: RunContext
+        self,
+        mode: ExecutionMode,
+        task: AgentTask,
+        config: AgentConfig,
+        timeout_s: float,
+        run: RunContext,
+        spent: _Spent,
     ) -> _Output:
         if mode == "llm":
-            return await self._execute_via_llm(task, config, run)
+            return await self._execute_via_llm(task, config, run, spent)
         if mode == "api":
             return await self._execute_api(task, config, run)
         if mode == "python":
-            return await self._execute_python(task, config, run)
+            return await self._execute_python(task, config, run, spent)
         return await self._execute_script(task, config, timeout_s, run)
 
     async def _llm_call(
@@ -202,6 +225,7 @@ class TaskExecutor:
         system: str | None,
         max_tokens: int | None,
         run: RunContext,
+        spent: _Spent,
     ) -> LlmResponse:
         llm = self.llm_factory.create(config.provider, config.model)
         request = LlmRequest(
@@ -212,24 +236,30 @@ class TaskExecutor:
         if run.on_capacity_wait is not None:
             report = run.on_capacity_wait
             on_wait = lambda seconds: report(llm.provider, llm.model, seconds)  # noqa: E731
-        return await call_with_capacity(
+        response = await call_with_capacity(
             llm, messages, request, limiter=self.limiter, idle=run.idle, on_wait=on_wait
         )
+        spent.add(response)
+        return response
 
-    async def _execute_via_llm(self, task: AgentTask, config: AgentConfig, run: RunContext) -> _Output:
+    async def _execute_via_llm(
+        self, task: AgentTask, config: AgentConfig, run: RunContext, spent: _Spent
+    ) -> _Output:
         response = await self._llm_call(
-            config, [Message("user", prompt_with_inputs(task, run.inputs))], None, None, run
+            config, [Message("user", prompt_with_inputs(task, run.inputs))], None, None, run, spent
         )
         return _Output(response.text, response.provider, response.model, response.usage)
 
-    async def _execute_python(self, task: AgentTask, config: AgentConfig, run: RunContext) -> _Output:
+    async def _execute_python(
+        self, task: AgentTask, config: AgentConfig, run: RunContext, spent: _Spent
+    ) -> _Output:
         assert config.entrypoint is not None  # AgentConfig refuses python mode without one
 
         async def delegate(children: Sequence[AgentTask]) -> list[ExecutionResult]:
             return await self._delegate(task, children, run)
 
         async def llm(messages: Sequence[Message], system: str | None, max_tokens: int | None) -> LlmResponse:
-            return await self._llm_call(config, messages, system, max_tokens, run)
+            return await self._llm_call(config, messages, system, max_tokens, run, spent)
 
         ctx = AgentContext(task, run, delegate=delegate, llm=llm)
         text, usage = await call_python_agent(config.entrypoint, task, ctx)

@@ -97,7 +97,7 @@ local function add_totals(meta, prefix, u, cost)
   if u.cw ~= 0 then redis.call('HINCRBY', meta, prefix .. 'cache_write', u.cw) end
   if cost then
     if cost ~= 0 then redis.call('HINCRBYFLOAT', meta, prefix .. 'cost', cost) end
-  else
+  elseif u.in_ + u.out + u.cr + u.cw > 0 then  -- tokens of a model without a price (not a task that never ran)
     redis.call('HINCRBY', meta, prefix .. 'unpriced', 1)
   end
 end

@@ -705,3 +705,18 @@ async def test_cancelling_execute_cancels_it(settings: Settings) -> None:
             await running
 
     assert running.cancelled()
+
+
+async def test_a_run_failing_after_model_calls_keeps_their_usage(settings: Settings, tmp_path: Path) -> None:
+    flaky = AgentConfig(name="flaky", mode="python", entrypoint="tests.support.python_agents:flaky_after_llm")
+    task = AgentTask(id="f1", title="Try twice", agent="flaky", metadata={"ledger": str(tmp_path / "ledger")})
+    async with TaskExecutor(settings, agents=AgentRegistry([*BUILTIN_AGENTS, flaky])) as executor:
+        failed = await executor.execute(task)
+        succeeded = await executor.execute(task)
+
+    assert (failed.status, failed.retryable) == (ExecutionStatus.FAILED, True)
+    assert succeeded.status is ExecutionStatus.SUCCESS
+    # The call was made (and billed) before the agent failed: the failed attempt reports it.
+    assert failed.usage == succeeded.usage
+    assert failed.usage.total_tokens > 0
+    assert (failed.provider, failed.model, failed.cost_usd) == ("offline", "offline-1", 0.0)

@@ -62,3 +62,27 @@ async def slow_planner(task: AgentTask, ctx: AgentContext) -> str:
     children = [AgentTask(title=f"part {n}", agent="sleeper", metadata=task.metadata) for n in (1, 2)]
     results = await ctx.delegate(children)
     return " | ".join(f"{result.task_id}={result.status}" for result in results)
+
+
+async def flaky_after_llm(task: AgentTask, ctx: AgentContext) -> str:
+    """Asks the model, then, on its first try only, fails with a transient error: an attempt that used
+    tokens and is retried. ``metadata.ledger``: a file remembering the tasks that have failed once."""
+    from coditect.errors import TransientProviderError
+
+    reply = await ctx.llm(task.title)
+    with open(str(task.metadata["ledger"]), "a+") as ledger:  # noqa: ASYNC230  # a few bytes, in a test agent
+        ledger.seek(0)
+        first_try = task.id not in ledger.read().split()
+        if first_try:
+            ledger.write(f"{task.id}\n")
+    if first_try:
+        raise TransientProviderError("test", "failed after a successful model call", status_code=503)
+    return reply.text
+
+
+async def several_calls(task: AgentTask, ctx: AgentContext) -> str:
+    """Asks the model ``metadata.calls`` times (default 2): a task that costs more than one call's
+    estimate."""
+    calls = task.metadata.get("calls", 2)
+    replies = [await ctx.llm(task.title) for _ in range(int(calls) if isinstance(calls, int) else 2)]
+    return " | ".join(reply.text for reply in replies)
