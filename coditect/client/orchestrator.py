@@ -21,13 +21,13 @@ from coditect.backoff import outlasting_outages
 from coditect.client.batches import BatchStore, BatchSummary, Submitted
 from coditect.client.events import Event, follow_events, read_events
 from coditect.client.graph import check_batch, dependency_order, dependency_waves
-from coditect.client.memory import MEMORY_CHECK_MIN_BYTES, rough_bytes
+from coditect.client.memory import MEMORY_CHECK_MIN_BYTES, check_room, estimated_bytes
 from coditect.client.progress import BatchProgress, ProgressCallback
 from coditect.client.waiter import BatchLost, BatchWaiter, DeadlineReached
 from coditect.connections import create_redis_pool, redact_url
 from coditect.errors import TaskInputError
 from coditect.models import AgentTask, Budget, ExecutionResult, ExecutionStatus
-from coditect.redis_config import PolicyCheck, ServerInfo, read_server_info
+from coditect.redis_config import PolicyCheck, read_server_info
 from coditect.redis_errors import refusals
 from coditect.settings import Settings
 
@@ -193,26 +193,28 @@ class ProjectOrchestrator:
                 f"{batch_id!r} is not a batch id: use 1-64 letters, digits, '_', '.' or '-'", field="batch_id"
             )
         with refusals(self._url, doing=f"batch {batch_id} was not enqueued"):
-            checked = not self._policy.done or rough_bytes(ordered) >= MEMORY_CHECK_MIN_BYTES
-            server = await self._server_info() if checked else None
+            await self._check_room(batch_id, ordered)
             submitted = await outlasting_outages(
-                lambda: self.store.submit(
-                    batch_id, ordered, fields={"name": name, **budget.fields()}, server=server
-                ),
+                lambda: self.store.submit(batch_id, ordered, fields={"name": name, **budget.fields()}),
                 REDIS_REPLY_TIMEOUT_S * (1 + len(tasks) // 500),
             )
         if submitted.created:
             logger.info("batch %s: %d task(s) submitted", batch_id, len(tasks))
         return submitted
 
-    async def _server_info(self) -> ServerInfo | None:
-        """INFO for the memory check, and the eviction policy said once; None when INFO is refused."""
+    async def _check_room(self, batch_id: str, tasks: Sequence[AgentTask]) -> None:
+        """Refuse a batch that does not fit in Redis's memory (``check_room``); say once what is wrong
+        with the eviction policy. INFO is read at the first submit, then for big batches only."""
         if self.settings.embedded or self._info_refused:
-            return None
+            return
+        need = estimated_bytes(tasks)
+        if self._policy.done and need < MEMORY_CHECK_MIN_BYTES:
+            return
         info = await outlasting_outages(lambda: read_server_info(self.redis, "memory"), REDIS_REPLY_TIMEOUT_S)
         self._policy.check(info)
         self._info_refused = info is None  # the ACL will not change its mind for this orchestrator
-        return info
+        if info is not None:
+            check_room(batch_id, need, info)
 
     @property
     def _url(self) -> str:

@@ -18,7 +18,7 @@ from redis.exceptions import ResponseError
 
 import coditect.client.batches as batches
 from coditect.client.batches import BatchStore
-from coditect.client.memory import check_room, estimated_bytes, rough_bytes
+from coditect.client.memory import check_room, estimated_bytes
 from coditect.errors import RedisRefusedError
 from coditect.keys import JOB_NAME
 from coditect.lua import script
@@ -117,14 +117,12 @@ def server(used_mb: float, max_mb: float, policy: str = "noeviction") -> ServerI
 
 
 def test_a_batch_that_does_not_fit_under_noeviction_is_refused_naming_the_figures() -> None:
-    tasks_json = ["x" * 4000] * 1500
-
     with pytest.raises(RedisRefusedError) as refused:
-        check_room("big", tasks_json, server(1.5, 12))
+        check_room("big", 16 * 1024 * 1024, server(1.5, 12))
 
     assert refused.value.cause == "oom"
     assert str(refused.value) == (
-        "Redis is out of memory (maxmemory 12.0 MB, 1.5 MB used; batch big needs about 15.8 MB): "
+        "Redis is out of memory (maxmemory 12.0 MB, 1.5 MB used; batch big needs about 16.0 MB): "
         "nothing was enqueued"
     )
 
@@ -135,20 +133,21 @@ def test_a_batch_that_does_not_fit_under_noeviction_is_refused_naming_the_figure
     ids=["fits", "no-maxmemory", "evicting-policy"],
 )
 def test_a_batch_is_let_through_when_it_fits_or_redis_would_not_refuse_it(info: ServerInfo) -> None:
-    check_room("b", ["x" * 4000] * 1500, info)
+    check_room("b", 16 * 1024 * 1024, info)
 
 
-def test_the_estimate_counts_each_task_twice_rounded_up_and_in_bytes() -> None:
-    assert estimated_bytes(["x" * 1000]) == 2500 + 1024
-    assert estimated_bytes(["é" * 1000]) == 5000 + 1024  # two bytes each in UTF-8
+@pytest.mark.parametrize(
+    "task",
+    [
+        AgentTask(id="t1", title="a title", description="d" * 4000),
+        AgentTask(id="t2", title="é" * 300, description="日本語" * 1000, metadata={"k": "v", "n": 1.5}),
+        AgentTask(id="t3", title="x", depends_on=["a", "b"], agent="writer"),
+    ],
+    ids=["ascii", "multibyte", "small"],
+)
+def test_the_estimate_from_text_lengths_covers_what_redis_stores_of_the_json_twice(task: AgentTask) -> None:
+    json_bytes = len(task.model_dump_json().encode())
+
+    assert 2 * json_bytes + 650 < estimated_bytes([task]) <= 2.7 * json_bytes + 1024
+    assert abs(estimated_bytes([task, task]) - 2 * estimated_bytes([task])) <= 1  # rounded once
     assert estimated_bytes([]) == 0
-
-
-def test_the_rough_estimate_from_text_lengths_is_close_to_the_one_from_json() -> None:
-    batch = [
-        AgentTask(id=f"t{i}", title="a title", description="d" * 4000, metadata={"k": "v"}) for i in range(10)
-    ]
-
-    rough, exact = rough_bytes(batch), estimated_bytes([task.model_dump_json() for task in batch])
-
-    assert 0.9 * exact < rough <= exact
