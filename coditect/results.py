@@ -25,8 +25,8 @@ def result_from_arq(raw: bytes, job_id: str) -> ExecutionResult:
     task_id = parts[1] if parts else job_id
     try:
         data = job_deserializer(raw)
-        value, tries = data["r"], int(data["t"] if data.get("t") is not None else 1)
-    except (ValueError, KeyError, TypeError) as err:
+        value, tries = data["r"], max(0, int(data["t"] if data.get("t") is not None else 1))
+    except (ValueError, KeyError, TypeError, OverflowError) as err:
         return ExecutionResult(
             task_id=task_id, status=ExecutionStatus.FAILED, error=f"unreadable result: {err}"
         )
@@ -53,8 +53,15 @@ def result_from_arq(raw: bytes, job_id: str) -> ExecutionResult:
         attempts=tries,
         started_at=_from_ms(started),
         finished_at=_from_ms(finished),
-        duration_s=max(0.0, (finished - started) / 1000) if started and finished else 0.0,
+        duration_s=_duration_s(started, finished),
     )
+
+
+def _duration_s(started: Any, finished: Any) -> float:
+    if not isinstance(started, int | float) or not isinstance(finished, int | float) or not started:
+        return 0.0
+    seconds = (finished - started) / 1000
+    return seconds if 0 <= seconds < float("inf") else 0.0
 
 
 def _error_text(value: Any) -> str:
@@ -66,4 +73,9 @@ def _error_text(value: Any) -> str:
 
 
 def _from_ms(value: Any) -> datetime | None:
-    return datetime.fromtimestamp(value / 1000, UTC) if isinstance(value, int | float) and value else None
+    if not isinstance(value, int | float) or not value:
+        return None
+    try:
+        return datetime.fromtimestamp(value / 1000, UTC)
+    except (ValueError, OverflowError, OSError):  # a time no worker wrote: out of range, NaN
+        return None

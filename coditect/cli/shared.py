@@ -99,6 +99,7 @@ async def open_orchestrator(
     from coditect.client.orchestrator import ProjectOrchestrator
     from coditect.connections import redact_url
     from coditect.errors import BackendUnavailableError, RedisOutageError
+    from coditect.redis_errors import refusal, short_error
 
     where = "the embedded Redis" if settings.embedded else f"Redis at {redact_url(settings.redis_url)}"
     try:
@@ -107,7 +108,10 @@ async def open_orchestrator(
     except RedisOutageError as err:
         raise BackendUnavailableError(f"{where} did not answer for {err.limit_s:g} s") from err
     except RedisError as err:
-        raise BackendUnavailableError(f"lost the connection to {where}: {err}") from err
+        refused = refusal(err, "" if settings.embedded else redact_url(settings.redis_url))
+        if refused is not None:
+            raise refused from err
+        raise BackendUnavailableError(f"lost the connection to {where}: {short_error(err)}") from err
     except TimeoutError as err:
         within = f" within {answer_within_s:g} s" if answer_within_s is not None else " in time"
         raise BackendUnavailableError(f"{where} did not answer{within}") from err
