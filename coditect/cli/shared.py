@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EXIT_BAD_INPUT",
+    "EXIT_BROKEN_PIPE",
     "EXIT_INTERRUPTED",
     "EXIT_NOT_ALL_SUCCEEDED",
     "EXIT_OK",
@@ -44,6 +45,8 @@ EXIT_OK = 0
 EXIT_NOT_ALL_SUCCEEDED = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+# Whoever read stdout stopped reading (`coditect events --follow | head`): as a shell reports SIGPIPE.
+EXIT_BROKEN_PIPE = 141
 # status, results, cancel and the like take a few round trips; this long means Redis has gone silent.
 ONE_SHOT_DEADLINE_S = 60.0
 

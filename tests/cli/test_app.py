@@ -817,3 +817,18 @@ def test_an_invalid_log_format_is_refused_in_one_line(
     monkeypatch.setenv("CODITECT_LOG_FORMAT", "xml")
     assert main(["run", str(write_batch(tmp_path, SIMPLE_BATCH))]) == 2
     assert "CODITECT_LOG_FORMAT" in single_error_line(capsys.readouterr().err)
+
+
+def test_a_reader_that_stops_reading_ends_the_command_quietly(tmp_path: Path) -> None:
+    """``coditect demo --json | head -c 0``: no traceback, the shell's SIGPIPE exit code."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody will read: the first write fails with EPIPE
+    process = subprocess.run(
+        [sys.executable, "-m", "coditect", "demo", "--json"],
+        stdout=write_end, stderr=subprocess.PIPE, cwd=tmp_path, timeout=60, check=False,
+    )  # fmt: skip
+    os.close(write_end)
+
+    assert process.returncode == 141
+    assert b"Traceback" not in process.stderr
+    assert b"BrokenPipe" not in process.stderr
