@@ -281,6 +281,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:  # --help, or a usage error already printed
         return exit_.code if isinstance(exit_.code, int) else EXIT_BAD_INPUT
     handler: Handler = args.handler
+    # As `arq` does: python agents named "package.module:function" are found in the working directory.
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
 
     from coditect.client.waiter import BatchLost
     from coditect.errors import BackendUnavailableError, ConfigurationError, TaskInputError
