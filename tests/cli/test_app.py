@@ -594,7 +594,11 @@ def test_submit_burst_worker_status_results(
     assert watched == results
 
     assert main(["cancel", batch_id, "--redis-url", redis_url]) == 0
-    assert "0 queued and 0 waiting task(s) cancelled, 0 running asked to abort" in capsys.readouterr().out
+    assert f"batch {batch_id} had already finished: nothing to cancel" in capsys.readouterr().out
+    code, status, _ = run_json(capsys, ["status", batch_id, "--redis-url", redis_url, "--json"])
+    assert (status["cancelled"], status["counts"]["cancelled"]) == (None, 0), (
+        "a finished batch stays as it was"
+    )
 
 
 def test_cancel_before_any_worker(capsys: pytest.CaptureFixture[str], tmp_path: Path, redis_url: str) -> None:
