@@ -57,6 +57,7 @@ ARQ_RESULT_TIMEOUT_S = 120.0
 RESUME_SETTLE_S = 0.2
 
 ENGINE_LINE = "engine:"
+NO_JOB_LINES_OPTION = ("--custom-log-dict", "benchmarks.worker_logs.NO_JOB_LINES")
 ARQ_BASELINE_READY_LINE = "arq baseline worker ready"  # benchmarks.arq_baseline.READY_LINE
 
 
@@ -106,9 +107,20 @@ class Bench:
             await pool.aclose(close_connection_pool=True)
 
     def coditect_workers(self, count: int, **env: str) -> WorkerPool:
-        """``arq coditect.jobs.WorkerSettings`` processes; ``env`` adds CODITECT_* settings."""
+        """``arq coditect.jobs.WorkerSettings`` processes; ``env`` adds CODITECT_* settings.
+
+        They log no line per job (``benchmarks.worker_logs``), as the bare ARQ baseline.
+        """
+        command = [str(BIN_DIR / "arq"), "coditect.jobs.WorkerSettings", *NO_JOB_LINES_OPTION]
+        return self._coditect_pool(count, command, env)
+
+    def coditect_workers_with_job_lines(self, count: int, **env: str) -> WorkerPool:
+        """The same workers with ARQ's default logging: an INFO line as each job starts and ends."""
+        return self._coditect_pool(count, None, env)
+
+    def _coditect_pool(self, count: int, command: list[str] | None, env: dict[str, str]) -> WorkerPool:
         full_env = {**self.base_env(), "CODITECT_REDIS_URL": self.redis_url, **env}
-        return WorkerPool([WorkerProcess(full_env) for _ in range(count)])
+        return WorkerPool([WorkerProcess(full_env, command) for _ in range(count)])
 
     def arq_workers(
         self, count: int, *, max_jobs: int | None = None, poll_delay_s: float | None = None

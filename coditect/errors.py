@@ -6,7 +6,8 @@ The tree::
     ├── ConfigurationError          a setting, agent or provider that cannot work
     ├── TaskInputError              a batch file or task payload that is invalid (names file and field)
     ├── BackendUnavailableError     Redis cannot be reached (names the URL, never its password)
-    │   └── RedisOutageError        Redis stayed unreachable past the outage limit (60 s)
+    │   ├── RedisOutageError        Redis stayed unreachable past the outage limit (60 s)
+    │   └── RedisRefusedError       Redis answered no: out of memory, the ACL, a replica, loading
     ├── ScriptError                 a legacy agent script exited non-zero (carries its stderr)
     ├── CapacityDeferred            no rate-limit capacity soon enough: run again after ``delay_s``
     │   └── BudgetDeferred          no room in the batch's budget until its running tasks settle
@@ -14,7 +15,8 @@ The tree::
         ├── TransientProviderError  worth retrying: 429, 529, 5xx, connection errors, timeouts
         └── PermanentProviderError  retrying cannot help: 400, 401, 403, 404, 422
 
-Provider errors are translated once, at the HTTP boundary of each provider, with ``raise ... from err``.
+Provider errors are translated once, at the HTTP boundary of each provider, with ``raise ... from err``;
+Redis errors at the client's boundary (``coditect.redis_errors``), in one line without arguments.
 ``CapacityDeferred`` (and ``BudgetDeferred``) is not a failure: nothing was sent, and the task goes back
 to the queue without counting an attempt.
 """
@@ -36,6 +38,7 @@ __all__ = [
     "PermanentProviderError",
     "ProviderError",
     "RedisOutageError",
+    "RedisRefusedError",
     "ScriptError",
     "TaskInputError",
     "TransientProviderError",
@@ -82,6 +85,16 @@ class RedisOutageError(BackendUnavailableError):
         detail = str(last_error) or type(last_error).__name__
         super().__init__(f"Redis did not answer for {limit_s:g} s (last error: {detail})")
         self.limit_s = limit_s
+
+
+class RedisRefusedError(BackendUnavailableError):
+    """Redis answered, and refused: ``cause`` is ``oom`` (maxmemory reached), ``acl`` (the Redis user may
+    not run ``command``), ``readonly`` (a replica), ``loading`` (still reading its data), or ``error``."""
+
+    def __init__(self, message: str, *, cause: str, command: str | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
+        self.command = command
 
 
 class ScriptError(CoditectError):

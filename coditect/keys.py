@@ -18,6 +18,8 @@ and read results, and adds keys of its own under ``coditect:``:
   hash: name, queue, jobs in flight, counts), each worker's channel ``coditect:worker:<token>`` (a
   delegated child's parent is woken there), the dead letters ``coditect:dead-letters``, the
   schedules' last batches ``coditect:schedules``, and a retried job's usage ``coditect:usage:<job>``.
+- a worker's **last claim** ``coditect:claim:<token>``: its sequence number and the jobs it claimed,
+  kept for one lease, so that a worker whose claim reply was lost can ask for those jobs again.
 - **rate limits** under ``coditect:limit:`` (``coditect.llm.limits``): ``tat:<dimension>:<provider>``
   (a provider-wide limit) and ``tat:<dimension>:<provider>:<model>`` hold the theoretical arrival time
   of a limit's next unit (server microseconds); ``cooldown:<provider>:<model>`` the time until which
@@ -43,6 +45,7 @@ __all__ = [
     "BATCHES_KEY",
     "BATCH_KEY_PREFIX",
     "BATCH_RUNNING_TTL_MS",
+    "CLAIM_KEY_PREFIX",
     "CRON_KEEP_IN_PROGRESS_S",
     "DEAD_LETTERS_KEY",
     "EVENTS_KEY",
@@ -88,6 +91,8 @@ DEAD_LETTERS_KEY = "coditect:dead-letters"
 USAGE_PREFIX = "coditect:usage:"
 # Schedule name -> the id of the last batch a tick of it submitted.
 SCHEDULES_KEY = "coditect:schedules"
+# worker token -> its last claim (sequence number, then job id and row per job), kept for one lease.
+CLAIM_KEY_PREFIX = "coditect:claim:"
 JOB_ID_PREFIX = "coditect:"
 # A batch's keys live this long while it runs (a worker refreshes them), and CODITECT_KEEP_RESULT_S
 # once it has finished.

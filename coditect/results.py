@@ -23,8 +23,8 @@ def result_from_arq(raw: bytes, job_id: str) -> ExecutionResult:
     """Turn an ARQ result record into an ExecutionResult (never raises: bad data is a failed result)."""
     try:
         data = job_deserializer(raw)
-        value, tries = data["r"], int(data["t"] if data.get("t") is not None else 1)
-    except (ValueError, KeyError, TypeError) as err:
+        value, tries = data["r"], max(0, int(data["t"] if data.get("t") is not None else 1))
+    except (ValueError, KeyError, TypeError, OverflowError) as err:
         return ExecutionResult(
             task_id=_task_id(job_id), status=ExecutionStatus.FAILED, error=f"unreadable result: {err}"
         )
@@ -67,17 +67,15 @@ def result_from_outcome(
         status = ExecutionStatus.TIMEOUT
     elif isinstance(value, asyncio.CancelledError):
         status = ExecutionStatus.CANCELLED
-    started = started_ms if isinstance(started_ms, int | float) else None
-    finished = finished_ms if isinstance(finished_ms, int | float) else None
     return ExecutionResult(
         task_id=_task_id(job_id),
         status=status,
         error=_error_text(value),
         agent=agent,
         attempts=attempts,
-        started_at=_from_ms(started),
-        finished_at=_from_ms(finished),
-        duration_s=max(0.0, (finished - started) / 1000) if started and finished else 0.0,
+        started_at=_from_ms(started_ms),
+        finished_at=_from_ms(finished_ms),
+        duration_s=_duration_s(started_ms, finished_ms),
     )
 
 
@@ -92,6 +90,13 @@ def _timed_out(value: Any) -> bool:
     )
 
 
+def _duration_s(started: Any, finished: Any) -> float:
+    if not isinstance(started, int | float) or not isinstance(finished, int | float) or not started:
+        return 0.0
+    seconds = (finished - started) / 1000
+    return seconds if 0 <= seconds < float("inf") else 0.0
+
+
 def _error_text(value: Any) -> str:
     if isinstance(value, asyncio.CancelledError):
         return f"cancelled: {value}" if str(value) else "cancelled"
@@ -102,4 +107,9 @@ def _error_text(value: Any) -> str:
 
 
 def _from_ms(value: Any) -> datetime | None:
-    return datetime.fromtimestamp(value / 1000, UTC) if isinstance(value, int | float) and value else None
+    if not isinstance(value, int | float) or not value:
+        return None
+    try:
+        return datetime.fromtimestamp(value / 1000, UTC)
+    except (ValueError, OverflowError, OSError):  # a time no worker wrote: out of range, NaN
+        return None

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
 
-__all__ = ["RemoteJobError", "job_deserializer", "job_serializer"]
+__all__ = ["JobPayload", "RemoteJobError", "UnreadableJob", "job_deserializer", "job_serializer", "read_job"]
 
 _PICKLE_PROTOCOL_MARK = 0x80
 _MAX_ERROR_CHARS = 4000
@@ -70,3 +73,59 @@ def job_deserializer(data: bytes) -> Any:
     if data[:1] and data[0] == _PICKLE_PROTOCOL_MARK:
         raise ValueError("refusing a pickle payload: coditect jobs and results are JSON")
     return _DECODER.decode(data.decode() if isinstance(data, bytes | bytearray) else data)
+
+
+class UnreadableJob(ValueError):
+    """A job payload that is not a job coditect can run; the message says why, in a few words."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobPayload:
+    """The fields of an ARQ job record: function name, args, kwargs, the enqueuer's try, enqueue time."""
+
+    function: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    enqueue_try: int | None
+    enqueued_ms: int
+
+
+def read_job(data: bytes, deserializer: Callable[[bytes], Any] = job_deserializer) -> JobPayload:
+    """Read an ARQ job record; ``UnreadableJob`` with a short reason for anything that is not one.
+
+    The queue is shared with whoever can write to Redis, so the payload is checked field by field
+    instead of trusting its shape (a JSON list or number is valid JSON, and no job).
+    """
+    try:
+        job = deserializer(data)
+    except UnicodeDecodeError:
+        raise UnreadableJob("job payload is not UTF-8 text") from None
+    except json.JSONDecodeError as err:
+        raise UnreadableJob(f"job payload is not JSON ({err.msg} at character {err.pos})") from None
+    except ValueError as err:  # the pickle refusal, or a custom deserializer's own words
+        raise UnreadableJob(str(err)[:200] or "job payload cannot be read") from None
+    if not isinstance(job, dict):
+        raise UnreadableJob("job payload is not a JSON object")
+    function = job.get("f")
+    if not isinstance(function, str) or not function:
+        raise UnreadableJob("job payload has no function name")
+    args, kwargs = job.get("a"), job.get("k")
+    if not isinstance(args, list):
+        raise UnreadableJob("job payload has no argument list")
+    if not isinstance(kwargs, dict):
+        raise UnreadableJob("job payload has no keyword-argument object")
+    for name in ("t", "et"):  # ARQ's reader needs them too
+        if name not in job:
+            raise UnreadableJob(f"job payload has no {name!r} field")
+    enqueue_try, enqueued = job["t"], job["et"] or 0
+    if not isinstance(enqueued, int | float) or isinstance(enqueued, bool) or not math.isfinite(enqueued):
+        raise UnreadableJob("job payload's enqueue time is not a number")
+    return JobPayload(
+        function=function,
+        args=tuple(args),
+        kwargs=kwargs,
+        enqueue_try=enqueue_try
+        if isinstance(enqueue_try, int) and not isinstance(enqueue_try, bool)
+        else None,
+        enqueued_ms=int(enqueued),
+    )

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,3 +54,18 @@ async def test_the_example_planner_plans_with_its_model_and_delegates_to_the_wri
     assert everything["guide.step-1"].agent == "writer"
     assert guide.usage.input_tokens > 0, "the planning call counts in the planner's usage"
     assert [agent.name for agent in load_agents_file(EXAMPLES / "agents.json")][-1] == "planner"
+
+
+def test_the_readme_command_runs_the_planner_example_from_the_repository() -> None:
+    """`CODITECT_AGENTS_FILE=examples/agents.json coditect run examples/plan.json`, as the installed
+    command (whose sys.path does not hold the working directory until the command puts it there)."""
+    command = Path(sys.executable).parent / "coditect"
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")}
+    done = subprocess.run(
+        [str(command), "run", "examples/plan.json", "--json"],
+        cwd=EXAMPLES.parent, env={**env, "CODITECT_AGENTS_FILE": "examples/agents.json"},
+        capture_output=True, timeout=120, check=False,
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr.decode()
+    assert [result["status"] for result in json.loads(done.stdout)] == ["success", "success"]

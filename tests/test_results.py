@@ -86,3 +86,26 @@ def test_result_from_arq_turns_a_success_that_is_no_result_into_a_failure() -> N
     assert (result.task_id, result.status, result.attempts) == ("t1", ExecutionStatus.FAILED, 2)
     assert result.error is not None
     assert result.error.startswith("unreadable result: ")
+
+
+@pytest.mark.parametrize(
+    ("fields", "attempts"),
+    [
+        pytest.param({"t": -1}, 0, id="negative-try"),
+        pytest.param({"t": 2**63}, 2**63, id="huge-try"),
+        pytest.param({"st": 10**20, "ft": 10**21}, 1, id="times-out-of-range"),
+        pytest.param({"st": 5000, "ft": 1000}, 1, id="finished-before-started"),
+    ],
+)
+def test_result_from_arq_reads_a_record_with_odd_numbers_as_a_failure_without_raising(
+    fields: dict[str, Any], attempts: int
+) -> None:
+    record = {"t": 1, "f": JOB_NAME, "a": [], "k": {}, "et": 0, "s": False, "st": 1000, "ft": 2000}
+    record["r"] = {"__error__": "JobExecutionFailed", "message": "retry counter is unusable"}
+    raw = job_serializer({**record, **fields})
+
+    result = result_from_arq(raw, "coditect:b:t1")
+
+    assert (result.status, result.attempts) == (ExecutionStatus.FAILED, attempts)
+    assert result.error == "JobExecutionFailed: retry counter is unusable"
+    assert result.duration_s >= 0

@@ -14,7 +14,14 @@ from arq.jobs import deserialize_job, deserialize_result, serialize_job, seriali
 from pydantic import BaseModel
 
 from coditect.models import ExecutionResult, ExecutionStatus, TokenUsage
-from coditect.serialization import RemoteJobError, job_deserializer, job_serializer
+from coditect.serialization import (
+    JobPayload,
+    RemoteJobError,
+    UnreadableJob,
+    job_deserializer,
+    job_serializer,
+    read_job,
+)
 
 
 class _CreatesFile:
@@ -192,3 +199,47 @@ def test_a_value_json_cannot_hold_raises_type_error(value: object) -> None:
 def test_non_json_bytes_raise_value_error(data: bytes) -> None:
     with pytest.raises(ValueError):  # noqa: PT011  # json and UnicodeDecodeError: both ValueError, no message in common
         job_deserializer(data)
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        pytest.param(b'["execute_task", {"title": "x"}]', "job payload is not a JSON object", id="list"),
+        pytest.param(b"42", "job payload is not a JSON object", id="number"),
+        pytest.param(b'{"a": [], "k": {}}', "job payload has no function name", id="no-function"),
+        pytest.param(
+            b'{"f": 7, "a": [], "k": {}}', "job payload has no function name", id="function-not-text"
+        ),
+        pytest.param(b'{"f": "x", "k": {}}', "job payload has no argument list", id="no-args"),
+        pytest.param(b'{"f": "x", "a": {}, "k": {}}', "job payload has no argument list", id="args"),
+        pytest.param(
+            b'{"f": "x", "a": [], "k": []}', "job payload has no keyword-argument object", id="kwargs"
+        ),
+        pytest.param(b'{"f": "x", "a": [], "k": {}, "et": 0}', "job payload has no 't' field", id="no-try"),
+        pytest.param(
+            b'{"f": "x", "a": [], "k": {}, "t": 1, "et": "soon"}',
+            "job payload's enqueue time is not a number",
+            id="time",
+        ),
+        pytest.param(b"\xff\xfe{", "job payload is not UTF-8 text", id="not-utf8"),
+        pytest.param(b"{not json", "job payload is not JSON (Expecting property name", id="not-json"),
+        pytest.param(pickle.dumps({"f": "x"}), "refusing a pickle payload", id="pickle"),
+    ],
+)
+def test_read_job_refuses_what_is_no_job_in_a_few_plain_words(payload: bytes, reason: str) -> None:
+    with pytest.raises(UnreadableJob) as refused:
+        read_job(payload)
+
+    assert str(refused.value).startswith(reason)
+    assert "indices" not in str(refused.value)
+    assert len(str(refused.value)) < 120
+
+
+def test_read_job_reads_arqs_fields_and_takes_null_for_the_try_and_time() -> None:
+    full = read_job(
+        job_serializer({"t": 3, "f": "execute_task", "a": [{"x": 1}], "k": {"mode": "llm"}, "et": 5})
+    )
+    bare = read_job(b'{"t": null, "f": "execute_task", "a": [], "k": {}, "et": null}')
+
+    assert full == JobPayload("execute_task", ({"x": 1},), {"mode": "llm"}, 3, 5)
+    assert bare == JobPayload("execute_task", (), {}, None, 0)

@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from typing import Any, NoReturn
@@ -21,7 +22,7 @@ from typing import Any, NoReturn
 from coditect.cli import batch_commands as batches
 from coditect.cli import dashboard_commands as dashboards
 from coditect.cli import worker_commands as workers
-from coditect.cli.shared import EXIT_BAD_INPUT, EXIT_INTERRUPTED, CliError
+from coditect.cli.shared import EXIT_BAD_INPUT, EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, CliError
 
 __all__ = ["build_parser", "main"]
 
@@ -280,6 +281,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:  # --help, or a usage error already printed
         return exit_.code if isinstance(exit_.code, int) else EXIT_BAD_INPUT
     handler: Handler = args.handler
+    # As `arq` does: python agents named "package.module:function" are found in the working directory.
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
 
     from coditect.client.waiter import BatchLost
     from coditect.errors import BackendUnavailableError, ConfigurationError, TaskInputError
@@ -293,3 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             _fail("interrupted")
             return EXIT_INTERRUPTED
+        except BrokenPipeError:
+            # Python would print another error flushing stdout at exit: point it at /dev/null first.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_BROKEN_PIPE

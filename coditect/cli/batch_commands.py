@@ -213,8 +213,11 @@ async def cmd_cancel(args: argparse.Namespace) -> int:
         load_settings(args), command="cancel", shared=True, answer_within_s=ONE_SHOT_DEADLINE_S
     ) as orch:
         queued, waiting, aborted = await orch.cancel(args.batch)
+        finished = queued + waiting + aborted == 0 and (await orch.summary(args.batch)).finished
     if args.json:
         print_json({"batch_id": args.batch, "dequeued": queued, "unstarted": waiting, "aborted": aborted})
+    elif finished:
+        print(f"batch {args.batch} had already finished: nothing to cancel")
     else:
         print(
             f"batch {args.batch}: {queued} queued and {waiting} waiting task(s) cancelled, "

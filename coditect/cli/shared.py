@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EXIT_BAD_INPUT",
+    "EXIT_BROKEN_PIPE",
     "EXIT_INTERRUPTED",
     "EXIT_NOT_ALL_SUCCEEDED",
     "EXIT_OK",
@@ -44,6 +45,8 @@ EXIT_OK = 0
 EXIT_NOT_ALL_SUCCEEDED = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+# Whoever read stdout stopped reading (`coditect events --follow | head`): as a shell reports SIGPIPE.
+EXIT_BROKEN_PIPE = 141
 # status, results, cancel and the like take a few round trips; this long means Redis has gone silent.
 ONE_SHOT_DEADLINE_S = 60.0
 
@@ -99,6 +102,7 @@ async def open_orchestrator(
     from coditect.client.orchestrator import ProjectOrchestrator
     from coditect.connections import redact_url
     from coditect.errors import BackendUnavailableError, RedisOutageError
+    from coditect.redis_errors import refusal, short_error
 
     where = "the embedded Redis" if settings.embedded else f"Redis at {redact_url(settings.redis_url)}"
     try:
@@ -107,7 +111,10 @@ async def open_orchestrator(
     except RedisOutageError as err:
         raise BackendUnavailableError(f"{where} did not answer for {err.limit_s:g} s") from err
     except RedisError as err:
-        raise BackendUnavailableError(f"lost the connection to {where}: {err}") from err
+        refused = refusal(err, "" if settings.embedded else redact_url(settings.redis_url))
+        if refused is not None:
+            raise refused from err
+        raise BackendUnavailableError(f"lost the connection to {where}: {short_error(err)}") from err
     except TimeoutError as err:
         within = f" within {answer_within_s:g} s" if answer_within_s is not None else " in time"
         raise BackendUnavailableError(f"{where} did not answer{within}") from err

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from coditect.cli.shared import (
     EXIT_NOT_ALL_SUCCEEDED,
@@ -41,6 +41,7 @@ async def cmd_worker(args: argparse.Namespace) -> int:
     from coditect.engine.context import SETTINGS_KEY
     from coditect.engine.create import create_worker
     from coditect.errors import BackendUnavailableError
+    from coditect.redis_errors import refusal, short_error
 
     # Built inside the running loop: ARQ installs its SIGINT/SIGTERM handlers on this loop, and on a
     # signal it cancels the worker's main task, which is how a worker is meant to stop.
@@ -53,8 +54,11 @@ async def cmd_worker(args: argparse.Namespace) -> int:
             raise  # this command itself is being cancelled, not the worker stopped by a signal
         logger.info("worker stopped by a signal")
     except (RedisError, OSError) as err:
+        refused = refusal(err, redact_url(settings.redis_url)) if isinstance(err, RedisError) else None
+        if refused is not None:
+            raise refused from err
         raise BackendUnavailableError(
-            f"cannot reach Redis at {redact_url(settings.redis_url)}: {err}"
+            f"cannot reach Redis at {redact_url(settings.redis_url)}: {short_error(err)}"
         ) from err
     finally:
         await worker.close()  # lets running jobs record their outcome, runs on_shutdown, closes the pool
@@ -79,24 +83,27 @@ async def _check(settings: Settings) -> int:
 
 
 async def cmd_dead_letters(args: argparse.Namespace) -> int:
-    import json
-
     from coditect.keys import DEAD_LETTERS_KEY
 
-    async with open_orchestrator(
-        load_settings(args), command="dead-letters", shared=True, answer_within_s=ONE_SHOT_DEADLINE_S
-    ) as orch:
-        raw = await orch.redis.lrange(DEAD_LETTERS_KEY, 0, -1)  # type: ignore[misc]
+    # One transaction: --clear deletes exactly what was listed, not an entry pushed meanwhile.
+    async with (
+        open_orchestrator(
+            load_settings(args), command="dead-letters", shared=True, answer_within_s=ONE_SHOT_DEADLINE_S
+        ) as orch,
+        orch.redis.pipeline(transaction=True) as pipe,
+    ):
+        pipe.lrange(DEAD_LETTERS_KEY, 0, -1)
         if args.clear:
-            await orch.redis.delete(DEAD_LETTERS_KEY)
-    entries = [json.loads(item) for item in raw]
+            pipe.delete(DEAD_LETTERS_KEY)
+        raw, *_ = await pipe.execute()
+    entries = [_dead_letter(item) for item in raw]
     if args.json:
         print_json(entries)
     elif not entries:
         print("no dead letters")
     else:
         for entry in entries:
-            print(f"{entry.get('job_id', '?')}: {entry.get('reason', '?')}")
+            print(f"{entry.get('job_id') or '?'}: {entry.get('reason') or '?'}")
     if args.clear and not args.json:
         print(f"cleared {len(entries)} dead letter(s)")
     return EXIT_OK
@@ -137,3 +144,17 @@ async def cmd_schedule(args: argparse.Namespace) -> int:
     for row in (headers, *rows):
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     return EXIT_OK
+
+
+def _dead_letter(raw: bytes) -> dict[str, Any]:
+    """An entry of the list as the engine wrote it, or what can be shown of one somebody else pushed."""
+    import json
+
+    try:
+        entry = json.loads(raw)
+    except ValueError:
+        entry = None
+    if isinstance(entry, dict):
+        return entry
+    shown = raw[:100].decode(errors="backslashreplace")
+    return {"job_id": None, "reason": f"not an entry coditect wrote: {shown}"}

@@ -9,15 +9,22 @@ them (``arq:job:<id>``, the queue, ``arq:result:<id>``) with ids derived from th
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Iterable, Sequence
+import logging
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from arq.connections import ArqRedis
+from redis.exceptions import RedisError
 
+from coditect.backoff import REDIS_DOWN, Outage
 from coditect.clock import now_ms
+from coditect.errors import BackendUnavailableError, RedisOutageError
 from coditect.keys import (
     BATCH_KEY_PREFIX,
     BATCHES_KEY,
@@ -29,9 +36,12 @@ from coditect.keys import (
 )
 from coditect.lua import script
 from coditect.models import AgentTask, ExecutionResult, ExecutionStatus
+from coditect.redis_errors import short_error
 from coditect.results import result_from_arq
 
-__all__ = ["CHUNK", "STATE_STATUS", "BatchStore", "BatchSummary", "Submitted"]
+__all__ = ["ATOMIC_TASKS", "CHUNK", "STATE_STATUS", "BatchStore", "BatchSummary", "Submitted"]
+
+logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
@@ -39,6 +49,7 @@ CHUNK = 500
 # A batch up to this size is written by one script call: all of it, or (on an error) none of it.
 ATOMIC_TASKS = 5_000
 ATOMIC_BYTES = 16 * 1024 * 1024
+WITHDRAW_REPLY_TIMEOUT_S = 10.0
 # The one-letter states of a batch's `:state` hash (see coditect/lua/batch.lua).
 STATE_STATUS = {
     "p": ExecutionStatus.PENDING,
@@ -53,6 +64,7 @@ FINAL_STATES = frozenset("sftc")
 _USAGE_FIELDS = ("in", "out", "cache_read", "cache_write")
 _TOTAL_FIELDS = (*_USAGE_FIELDS, "cost", "unpriced")
 _FINAL_COUNTS = ("success", "failed", "timeout", "cancelled")
+_REPEATED_FIELDS = ("agent", "mode", "provider", "model", "worker")
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +185,7 @@ class BatchStore:
         self.events_max_len = events_max_len
         self._submit = redis.register_script(script("submit"))
         self._cancel = redis.register_script(script("cancel"))
+        self._discard = redis.register_script(script("discard"))
 
     def _head(self) -> list[Any]:
         return [
@@ -197,34 +210,85 @@ class BatchStore:
         """Record the batch and enqueue the tasks without unmet dependencies; workers do the rest.
 
         ``tasks`` must be in dependency order (``coditect.client.graph.dependency_order``). A batch of
-        up to ``ATOMIC_TASKS`` is one script call, so it is written whole or not at all; a larger one
-        is sent in chunks so that its first tasks start while the rest are sent (the caller cancels
-        the batch if a later chunk fails). ``created`` is False when the batch id exists already:
-        then nothing is written. ``recreate`` writes a batch that Redis lost, over what is left of it.
-        ``atomic`` sends any batch in one call (a scheduled batch: each tick is all or nothing).
+        up to ``ATOMIC_TASKS`` (and ``ATOMIC_BYTES``) is one script call, so it is written whole or not
+        at all; ``atomic`` sends any batch in one call (a scheduled batch: each tick is all or nothing).
+        A larger one is sent in chunks so that its first tasks start while the rest are sent; if a chunk
+        fails, what was sent is withdrawn (``discard.lua``: queued tasks never start, running ones are
+        aborted, the record goes) before the error is raised. ``created`` is False when the batch id
+        exists already: then nothing is written. ``recreate`` writes a batch that Redis lost, over what
+        is left of it.
         """
-        flat: list[str | int | float] = ["total", len(tasks)]
+        token = uuid.uuid4().hex  # this submission's mark on the batch: withdraw only our own
+        flat: list[str | int | float] = ["total", len(tasks), "submission", token]
         for name, value in (fields or {}).items():
             flat += [name, value]
         meta = json.dumps(flat)
-        rows = [(task.id, task.model_dump_json(), " ".join(task.depends_on)) for task in tasks]
-        size = sum(len(row[1]) for row in rows)
-        one_call = atomic or (len(rows) <= ATOMIC_TASKS and size <= ATOMIC_BYTES)
-        chunk = len(rows) if one_call else CHUNK
-        first = True
+        one_call, rows = atomic, None
+        if atomic or len(tasks) <= ATOMIC_TASKS:
+            rows = [_row(task) for task in tasks]
+            one_call = atomic or sum(len(row[1]) for row in rows) <= ATOMIC_BYTES
+        # A batch sent in chunks has each chunk's rows made just before it is sent: the first tasks
+        # start without waiting for the rest to be serialized, and only a chunk is held at a time.
+        chunk = len(tasks) if one_call else CHUNK
+        starts = range(0, max(len(tasks), 1), max(chunk, 1))
         added, last_event = 0, ""
-        for start in range(0, max(len(rows), 1), max(chunk, 1)):
-            how = ("again" if recreate else "new") if first else "more"
-            args: list[Any] = [*self._head(), batch_id, how, meta]
-            for row in rows[start : start + chunk]:
-                args += row
-            status, count, event_id = await self._submit(keys=[self.queue_name], args=args)
-            if first and not int(status):
-                return Submitted(batch_id, created=False, added=0, last_event_id="")
-            first = False
-            added += int(count)
-            last_event = _text(event_id) or last_event
+        try:
+            for start in starts:
+                how = ("again" if recreate else "new") if start == 0 else "more"
+                args: list[Any] = [*self._head(), batch_id, how, meta]
+                part = (
+                    rows[start : start + chunk]
+                    if rows is not None
+                    else map(_row, tasks[start : start + chunk])
+                )
+                for row in part:
+                    args += row
+                status, count, event_id = await self._submit(keys=[self.queue_name], args=args)
+                if start == 0 and not int(status):
+                    return Submitted(batch_id, created=False, added=0, last_event_id="")
+                added += int(count)
+                last_event = _text(event_id) or last_event
+        except (Exception, asyncio.CancelledError) as err:
+            if len(starts) > 1 and await self._withdraw(batch_id, token, err) and isinstance(err, REDIS_DOWN):
+                # Sending it again would meet its aborted tasks finishing under the same job ids.
+                raise BackendUnavailableError(
+                    f"batch {batch_id}: the connection to Redis was lost while it was sent "
+                    f"({short_error(err)}); it was withdrawn and its started tasks aborted: submit it again"
+                ) from err
+            raise
         return Submitted(batch_id, created=True, added=added, last_event_id=last_event)
+
+    async def _withdraw(self, batch_id: str, token: str, err: BaseException) -> int:
+        """Take back the chunks of a batch whose later chunk failed with ``err``; returns how many of
+        its tasks had started (they are asked to abort). After a lost connection with none started, the
+        caller may send the batch again."""
+        outage = Outage()
+        while True:
+            try:
+                async with asyncio.timeout(WITHDRAW_REPLY_TIMEOUT_S):
+                    queued, running = await self._discard(
+                        keys=[self.queue_name], args=[*self._head(), batch_id, token]
+                    )
+                break
+            except REDIS_DOWN as failure:
+                if isinstance(err, asyncio.CancelledError):
+                    logger.error(
+                        "batch %s: sent in part, and not withdrawn: %s", batch_id, short_error(failure)
+                    )
+                    return 0  # the caller is being cancelled: no waiting out an outage
+                try:
+                    await outage.backoff(failure)
+                except RedisOutageError as outlasted:
+                    raise _not_withdrawn(batch_id, outlasted) from err
+            except RedisError as failure:
+                raise _not_withdrawn(batch_id, failure) from err
+        if int(queued) < 0:
+            return 0  # not this submission's: nothing of it was written
+        logger.warning(
+            "batch %s: not enqueued whole (%s); withdrawn: %d queued task(s) removed, %d running aborted",
+            batch_id, short_error(err), int(queued), int(running),
+        )  # fmt: skip
+        return int(running)
 
     async def cancel(
         self, batch_id: str, *, reason: str, as_timeout: bool = False
@@ -290,8 +354,20 @@ class BatchStore:
             values = await self.redis.mget([RESULT_PREFIX + job_id for job_id in job_ids])
             for task_id, job_id, raw in zip(chunk, job_ids, values, strict=True):
                 if raw is not None:
-                    found[task_id] = result_from_arq(raw, job_id)
+                    found[task_id] = _shared_strings(result_from_arq(raw, job_id))
         return found
+
+    async def ended_task_ids(self, batch_id: str) -> AsyncIterator[list[str]]:
+        """The ids of the batch's tasks in a final state, a ``CHUNK`` or so at a time (HSCAN: an id
+        may come twice; none is held for the whole batch)."""
+        cursor: int = 0
+        while True:
+            cursor, chunk = await self.redis.hscan(
+                BATCH_KEY_PREFIX + batch_id + ":state", cursor, count=CHUNK
+            )
+            yield [task.decode() for task, state in chunk.items() if state.decode() in FINAL_STATES]
+            if int(cursor) == 0:
+                return
 
     async def results(self, batch_id: str) -> list[ExecutionResult] | None:
         """Every task of the batch, in order: its result, or its current status. None if unknown."""
@@ -340,6 +416,29 @@ class BatchStore:
             await self.redis.zrem(BATCHES_KEY, *gone)
         summaries = [summary_from(batch_id, raw) for batch_id, raw in zip(ids, metas, strict=True) if raw]
         return summaries[:limit]
+
+
+def _shared_strings(result: ExecutionResult) -> ExecutionResult:
+    """The result with one copy of each string that repeats across a batch's results (agent, mode,
+    provider, model, worker): ~280 bytes less per result held."""
+    fields = result.__dict__
+    for name in _REPEATED_FIELDS:
+        value = fields[name]
+        if type(value) is str:
+            fields[name] = sys.intern(value)
+    return result
+
+
+def _row(task: AgentTask) -> tuple[str, str, str]:
+    """A task as the submit script takes it: id, JSON, dependency ids separated by spaces."""
+    return task.id, task.model_dump_json(), " ".join(task.depends_on)
+
+
+def _not_withdrawn(batch_id: str, failure: BaseException) -> BackendUnavailableError:
+    return BackendUnavailableError(
+        f"batch {batch_id} was sent in part and could not be withdrawn ({short_error(failure)}): "
+        f"cancel it with 'coditect cancel {batch_id}'"
+    )
 
 
 def _text(value: Any) -> str:

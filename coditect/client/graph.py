@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from coditect.agents import AgentRegistry
 from coditect.errors import ConfigurationError, TaskInputError
 from coditect.execution.legacy_scripts import ScriptRunner
+from coditect.execution.python_agents import load_entrypoint
 from coditect.models import AgentConfig, AgentTask
 from coditect.settings import Settings
 
@@ -23,8 +24,9 @@ def check_batch(
 ) -> list[list[AgentTask]]:
     """Refuse a batch with repeated ids, unknown agents or dependencies, or cycles; return its waves.
 
-    With ``settings``, also refuse a task whose agent runs a legacy script (script mode, or llm mode
-    when ``use_direct_llm`` is false) that is missing from ``settings.scripts_dir``.
+    With ``settings`` (the tasks run in this process), also refuse a task whose agent runs a legacy
+    script (script mode, or llm mode when ``use_direct_llm`` is false) that is missing from
+    ``settings.scripts_dir``, or a python agent whose entrypoint cannot be imported.
     """
     index_of: dict[str, int] = {}
     for index, task in enumerate(tasks):
@@ -116,7 +118,14 @@ def _check_scripts(tasks: Sequence[AgentTask], agents: AgentRegistry, settings: 
 
 
 def _script_problem(config: AgentConfig, runner: ScriptRunner, settings: Settings) -> str | None:
-    """Why the agent's legacy script cannot run (missing, or outside the scripts folder); None if it can."""
+    """Why the agent cannot run in this process: its legacy script is missing (or outside the scripts
+    folder), or its python entrypoint cannot be imported; None if it can."""
+    if config.mode == "python" and config.entrypoint is not None:
+        try:
+            load_entrypoint(config.entrypoint)
+        except ConfigurationError as err:
+            return f"agent {config.name!r}: {err}"
+        return None
     by_setting = config.mode == "llm" and not settings.use_direct_llm
     if config.mode != "script" and not by_setting:
         return None

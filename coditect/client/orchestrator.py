@@ -21,11 +21,14 @@ from coditect.backoff import outlasting_outages
 from coditect.client.batches import BatchStore, BatchSummary, Submitted
 from coditect.client.events import Event, follow_events, read_events
 from coditect.client.graph import check_batch, dependency_order, dependency_waves
+from coditect.client.memory import MEMORY_CHECK_MIN_BYTES, check_room, estimated_bytes
 from coditect.client.progress import BatchProgress, ProgressCallback
 from coditect.client.waiter import BatchLost, BatchWaiter, DeadlineReached
-from coditect.connections import create_redis_pool
+from coditect.connections import create_redis_pool, redact_url
 from coditect.errors import TaskInputError
 from coditect.models import AgentTask, Budget, ExecutionResult, ExecutionStatus
+from coditect.redis_config import PolicyCheck, read_server_info
+from coditect.redis_errors import refusals
 from coditect.settings import Settings
 
 __all__ = ["BatchLost", "BatchProgress", "DeadlineReached", "ProjectOrchestrator", "check_batch"]
@@ -70,6 +73,8 @@ class ProjectOrchestrator:
         self._embedded: Any = None
         self._redis: ArqRedis | None = None
         self._store: BatchStore | None = None
+        self._policy = PolicyCheck("orchestrator")
+        self._info_refused = False
 
     async def __aenter__(self) -> ProjectOrchestrator:
         await self.open()
@@ -187,13 +192,33 @@ class ProjectOrchestrator:
             raise TaskInputError(
                 f"{batch_id!r} is not a batch id: use 1-64 letters, digits, '_', '.' or '-'", field="batch_id"
             )
-        submitted = await outlasting_outages(
-            lambda: self.store.submit(batch_id, ordered, fields={"name": name, **budget.fields()}),
-            REDIS_REPLY_TIMEOUT_S * (1 + len(tasks) // 500),
-        )
+        with refusals(self._url, doing=f"batch {batch_id} was not enqueued"):
+            await self._check_room(batch_id, ordered)
+            submitted = await outlasting_outages(
+                lambda: self.store.submit(batch_id, ordered, fields={"name": name, **budget.fields()}),
+                REDIS_REPLY_TIMEOUT_S * (1 + len(tasks) // 500),
+            )
         if submitted.created:
             logger.info("batch %s: %d task(s) submitted", batch_id, len(tasks))
         return submitted
+
+    async def _check_room(self, batch_id: str, tasks: Sequence[AgentTask]) -> None:
+        """Refuse a batch that does not fit in Redis's memory (``check_room``); say once what is wrong
+        with the eviction policy. INFO is read at the first submit, then for big batches only."""
+        if self.settings.embedded or self._info_refused:
+            return
+        need = estimated_bytes(tasks)
+        if self._policy.done and need < MEMORY_CHECK_MIN_BYTES:
+            return
+        info = await outlasting_outages(lambda: read_server_info(self.redis, "memory"), REDIS_REPLY_TIMEOUT_S)
+        self._policy.check(info)
+        self._info_refused = info is None  # the ACL will not change its mind for this orchestrator
+        if info is not None:
+            check_room(batch_id, need, info)
+
+    @property
+    def _url(self) -> str:
+        return "" if self.settings.embedded else redact_url(self.settings.redis_url)
 
     async def run_batch(
         self,
@@ -209,21 +234,22 @@ class ProjectOrchestrator:
         """Submit a batch and wait for every result (input order). Dependants start as soon as their
         dependencies succeed; ``timeout_s`` ends the unfinished tasks with status ``timeout``. With a
         budget, tasks that would start once it is spent end ``cancelled`` ("budget exhausted")."""
-        budget = Budget(budget_usd=budget_usd, budget_tokens=budget_tokens)
-        submitted = await self._submit(tasks, batch_id, name, budget)
-        if not submitted.created:  # the batch exists: follow it, if it is this batch
-            recorded = set(await self.store.task_ids(submitted.batch_id))
-            extra = [task.id for task in tasks if task.id not in recorded]
-            if extra:
-                raise TaskInputError(
-                    f"batch {submitted.batch_id!r} exists with other tasks (it has no {extra[0]!r}); "
-                    "choose another batch id",
-                    field="batch_id",
-                )
-        since = submitted.last_event_id if submitted.created else "0-0"
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        found = await self._gather(submitted.batch_id, tasks, since, deadline, on_progress)
-        return [found[task.id] for task in tasks]
+        with refusals(self._url):
+            budget = Budget(budget_usd=budget_usd, budget_tokens=budget_tokens)
+            submitted = await self._submit(tasks, batch_id, name, budget)
+            if not submitted.created:  # the batch exists: follow it, if it is this batch
+                recorded = set(await self.store.task_ids(submitted.batch_id))
+                extra = [task.id for task in tasks if task.id not in recorded]
+                if extra:
+                    raise TaskInputError(
+                        f"batch {submitted.batch_id!r} exists with other tasks (it has no {extra[0]!r}); "
+                        "choose another batch id",
+                        field="batch_id",
+                    )
+            since = submitted.last_event_id if submitted.created else "0-0"
+            deadline = None if timeout_s is None else time.monotonic() + timeout_s
+            found = await self._gather(submitted.batch_id, tasks, since, deadline, on_progress)
+            return [found[task.id] for task in tasks]
 
     async def _gather(
         self,
@@ -297,73 +323,80 @@ class ProjectOrchestrator:
         Raises ``TaskInputError`` for an unknown batch, ``BatchLost`` if its record disappears, and
         ``DeadlineReached`` after ``timeout_s`` (the batch goes on).
         """
-        await self._require(batch_id)
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        waiter = BatchWaiter(
-            self.store,
-            batch_id,
-            on_progress=on_progress,
-            deadline=deadline,
-            watch_workers=not self.settings.embedded,
-        )
-        found = {result.task_id: result async for result in waiter.results()}
-        order = await self.store.task_ids(batch_id)
-        return [found[task_id] for task_id in order if task_id in found]
+        with refusals(self._url):
+            await self._require(batch_id)
+            deadline = None if timeout_s is None else time.monotonic() + timeout_s
+            waiter = BatchWaiter(
+                self.store,
+                batch_id,
+                on_progress=on_progress,
+                deadline=deadline,
+                watch_workers=not self.settings.embedded,
+            )
+            found = {result.task_id: result async for result in waiter.results()}
+            order = await self.store.task_ids(batch_id)
+            return [found[task_id] for task_id in order if task_id in found]
 
     async def as_completed(
         self, batch_id: str, *, timeout_s: float | None = None
     ) -> AsyncIterator[ExecutionResult]:
         """Each task's result as soon as it ends, for batches too big to hold (nothing is kept here)."""
-        await self._require(batch_id)
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        async for result in BatchWaiter(self.store, batch_id, deadline=deadline).results():
-            yield result
+        with refusals(self._url):
+            await self._require(batch_id)
+            deadline = None if timeout_s is None else time.monotonic() + timeout_s
+            async for result in BatchWaiter(self.store, batch_id, deadline=deadline).results():
+                yield result
 
     async def events(
         self, batch_id: str | None = None, since: str | None = None, *, follow: bool = True
     ) -> AsyncIterator[Event]:
         """Lifecycle events of one batch (or of all) after ``since`` (a stream id; default: the oldest
         kept). With ``follow`` it waits for new ones forever; without, it stops at the newest."""
-        last = since or "0-0"
-        if follow:
-            async for event in follow_events(self.redis, batch_id, last):
-                yield event
-            return
-        while True:
-            events = await read_events(self.redis, batch_id, last)
-            for event in events:
-                yield event
-            if not events:
+        with refusals(self._url):
+            last = since or "0-0"
+            if follow:
+                async for event in follow_events(self.redis, batch_id, last):
+                    yield event
                 return
-            last = events[-1].id
+            while True:
+                events = await read_events(self.redis, batch_id, last)
+                for event in events:
+                    yield event
+                if not events:
+                    return
+                last = events[-1].id
 
     async def results(self, batch_id: str) -> list[ExecutionResult]:
         """Every task of a recorded batch: its result, or its current status."""
-        results = await self.store.results(batch_id)
-        if results is None:
-            raise self._unknown(batch_id)
-        return results
+        with refusals(self._url):
+            results = await self.store.results(batch_id)
+            if results is None:
+                raise self._unknown(batch_id)
+            return results
 
     async def summary(self, batch_id: str) -> BatchSummary:
         """The batch's counts per status, totals (tokens, cost, per agent and model), and times."""
-        summary = await self.store.summary(batch_id)
-        if summary is None:
-            raise self._unknown(batch_id)
-        return summary
+        with refusals(self._url):
+            summary = await self.store.summary(batch_id)
+            if summary is None:
+                raise self._unknown(batch_id)
+            return summary
 
     async def batches(self, limit: int = 50) -> list[BatchSummary]:
         """Recent batches, newest first."""
-        return await self.store.recent(limit)
+        with refusals(self._url):
+            return await self.store.recent(limit)
 
     async def cancel(self, batch_id: str) -> tuple[int, int, int]:
         """Cancel a batch: queued and waiting tasks end at once, running ones are aborted.
 
         Returns (queued ended, waiting ended, running asked to abort).
         """
-        counts = await self.store.cancel(batch_id, reason="cancelled by user")
-        if counts is None:
-            raise self._unknown(batch_id)
-        return counts
+        with refusals(self._url):
+            counts = await self.store.cancel(batch_id, reason="cancelled by user")
+            if counts is None:
+                raise self._unknown(batch_id)
+            return counts
 
     async def _require(self, batch_id: str) -> None:
         if not await self.store.exists(batch_id):

@@ -2,8 +2,9 @@
 
 The waiter reads the batch's event stream (``XREAD BLOCK``: no polling per task), fetches the result
 of each task whose final event arrives, and every ``PROGRESS_INTERVAL_S`` reads the batch's counters
-for the progress callback. The counters, not the events, decide when the batch has finished, so a
-waiter that fell behind a capped stream still ends with every result (it reads the rest by state).
+for the progress callback. The counters decide when the batch has finished, so a waiter that fell
+behind a capped stream still ends with every result (it reads the rest by state); only a
+``batch.finished`` event that arrives with every result already in hand ends the wait at once.
 """
 
 from __future__ import annotations
@@ -72,7 +73,10 @@ class BatchWaiter:
         last = self.since
         attach = self.since == "0-0"  # following a batch that may be under way: start by its state
         outage = Outage()
-        next_tick = 0.0
+        # A batch this waiter has just submitted needs no read of its counters before the first
+        # interval: its events say when it ends. Progress reports and attaching read them at once.
+        eager = attach or self.on_progress is not None
+        next_tick = 0.0 if eager else time.monotonic() + PROGRESS_INTERVAL_S
         finished = False
         while True:
             try:
@@ -102,7 +106,11 @@ class BatchWaiter:
             finished = False
             if events:
                 last = events[-1].id
-                finished = any(event.type == "batch.finished" for event in events)
+                ended = next((event for event in events if event.type == "batch.finished"), None)
+                if ended is not None:
+                    if self.on_progress is None and len(self._seen) >= _ended_count(ended):
+                        return  # every result is in hand: no need to read the counters again
+                    finished = True
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 raise DeadlineReached(f"batch {self.batch_id}: deadline reached")
 
@@ -151,9 +159,17 @@ class BatchWaiter:
         )
 
     async def _settle(self) -> list[ExecutionResult]:
-        """Results of the tasks that ended but were not yielded yet (read by state, not by event)."""
-        states = await self.store.states(self.batch_id)
-        ended = [task for task, status in states.items() if status.is_final and task not in self._seen]
-        found = await self.store.fetch_results(self.batch_id, ended)
-        self._seen.update(found)
-        return list(found.values())
+        """Results of the tasks that ended but were not yielded yet (read by state, not by event),
+        the states a chunk at a time: a batch of 100,000 is not read into memory at once."""
+        results: list[ExecutionResult] = []
+        async for ended in self.store.ended_task_ids(self.batch_id):
+            fresh = [task for task in dict.fromkeys(ended) if task not in self._seen]
+            found = await self.store.fetch_results(self.batch_id, fresh) if fresh else {}
+            self._seen.update(found)
+            results += found.values()
+        return results
+
+
+def _ended_count(event: Event) -> int:
+    """How many tasks a ``batch.finished`` event says ended (any status)."""
+    return sum(int(event.data.get(status, 0)) for status in ("success", "failed", "timeout", "cancelled"))

@@ -35,7 +35,7 @@ from coditect.keys import (
 )
 from coditect.logs import job_log_context
 from coditect.results import result_from_outcome
-from coditect.serialization import job_deserializer
+from coditect.serialization import UnreadableJob, job_deserializer, read_job
 
 if TYPE_CHECKING:
     from coditect.engine.claims import Claim
@@ -137,27 +137,16 @@ class JobRunner:
             arq_log.warning("job %s expired", claim.job_id)
             return self._failed(claim, "<unknown>", JobExecutionFailed("job expired"), start_ms=start_ms)
         try:
-            data = (worker.job_deserializer or job_deserializer)(claim.payload)
-            name, args, kwargs, enqueue_try, enqueued_ms = (
-                data["f"],
-                data["a"],
-                data["k"],
-                data["t"],
-                data["et"],
-            )
-            if (
-                not isinstance(name, str)
-                or not isinstance(args, list | tuple)
-                or not isinstance(kwargs, dict)
-            ):
-                raise TypeError("expected a function name, a list of args and a dict of kwargs")
-        except Exception as err:
-            arq_log.error("deserializing job %s failed: %s", claim.job_id, err)
-            entry = dead_letter(claim.job_id, f"unreadable payload: {err}")
+            payload = read_job(claim.payload, worker.job_deserializer or job_deserializer)
+        except Exception as err:  # a custom deserializer may raise anything
+            reason = str(err) if isinstance(err, UnreadableJob) else f"{type(err).__name__}: {str(err)[:200]}"
+            arq_log.error("job %s: payload is not a coditect JSON job (%s); set aside", claim.job_id, reason)
+            entry = dead_letter(claim.job_id, f"unreadable payload: {reason}")
             await worker.pool.lpush(DEAD_LETTERS_KEY, entry)  # type: ignore[misc]
-            error = JobExecutionFailed(f"unreadable job payload, not executed: {type(err).__name__}: {err}")
+            error = JobExecutionFailed(f"unreadable job payload, not executed: {reason}")
             return self._failed(claim, "<unknown>", error, start_ms=start_ms)
-        job = _Job(claim, name, tuple(args), kwargs, int(enqueued_ms or 0))
+        name, kwargs, enqueue_try = payload.function, payload.kwargs, payload.enqueue_try
+        job = _Job(claim, name, payload.args, kwargs, payload.enqueued_ms)
         if claim.aborted:
             arq_log.info("%6.2fs ⊘ %s:%s aborted before start", _since(job.enqueued_ms), claim.job_id, name)
             return await self._aborted(job, start_ms)

@@ -33,15 +33,15 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from arq.connections import log_redis_info
 from arq.utils import timestamp_ms
 from arq.worker import Worker
-from redis.exceptions import NoPermissionError, RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from coditect.backoff import redis_backoff_s
 from coditect.clock import now_ms
 from coditect.connections import create_arq_pool
 from coditect.engine.arq_compat import run_job_entry
+from coditect.engine.claimer import Claimer
 from coditect.engine.claims import Claim, parse_rows, set_aside
 from coditect.engine.flusher import ResultFlusher
 from coditect.engine.jobrun import JobRunner
@@ -49,6 +49,8 @@ from coditect.engine.registry import WorkerRegistry
 from coditect.engine.slots import Slot, Slots
 from coditect.keys import WORKER_CHANNEL_PREFIX, leases_key, wake_channel
 from coditect.lua import script
+from coditect.redis_config import PolicyCheck, describe_server
+from coditect.redis_errors import RefusalLog
 from coditect.serialization import job_deserializer, job_serializer
 
 __all__ = ["DEFAULT_LEASE_S", "CoditectWorker"]
@@ -57,7 +59,11 @@ logger = logging.getLogger(__name__)
 arq_log = logging.getLogger("arq.worker")
 
 DEFAULT_LEASE_S = 10.0
-MAX_CLAIM = 1000
+# Jobs one claim takes at most (it claims again at once when it got this many). A claim is one Lua
+# call of ~17 Redis commands per job that blocks Redis meanwhile; 200 keeps a call to a few ms and
+# lets the other workers, woken by the same message, take their share of a burst (a fan-out of
+# 1,000 released at once started on one worker, over ~0.2 s, when a claim could take 1,000).
+MAX_CLAIM = 200
 DEFAULT_EVENTS_MAX_LEN = 100_000
 DEFAULT_BATCH_KEEP_S = 86_400
 
@@ -98,6 +104,7 @@ class CoditectWorker(Worker):
         self._claims: dict[str, tuple[Claim, Slot]] = {}
         self._child_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._runner = JobRunner(self)
+        self._refusals = RefusalLog()  # what Redis refuses (the ACL, memory) is said once, not every retry
         # A run_job wrapped by an integration (sentry-sdk's ARQ integration does) runs every job.
         self._run_job_entry: Callable[[Worker, str, int], Awaitable[None]] = run_job_entry(type(self))
 
@@ -137,12 +144,7 @@ class CoditectWorker(Worker):
         self._pool = None
 
     async def _log_server_info(self) -> None:
-        try:
-            await log_redis_info(self.pool, arq_log.info)
-        except NoPermissionError:
-            logger.info("redis server not described: this Redis user may not run INFO")
-        except ResponseError:
-            logger.info("redis server without INFO (embedded backend)")
+        await describe_server(self.pool, arq_log.info, PolicyCheck("worker"))
 
     # -- the engine ---------------------------------------------------------------------------
 
@@ -162,7 +164,9 @@ class CoditectWorker(Worker):
         if self._helpers:
             return
         self._lease_ms = int(self.lease_s * 1000)
-        self._claim = self.pool.register_script(script("claim"))
+        self._claimer = Claimer(
+            self.pool, queue_name=self.queue_name, token=self.token, lease_ms=self._lease_ms
+        )
         self._heartbeat_script = self.pool.register_script(script("heartbeat"))
         self._flusher = ResultFlusher(
             self.pool.register_script(script("finish")),
@@ -243,9 +247,10 @@ class CoditectWorker(Worker):
             except (RedisError, OSError) as err:  # OSError includes the TimeoutError above
                 delay = redis_backoff_s(failures)
                 failures += 1
-                logger.warning(
-                    "redis error in worker loop (%s); retrying in %.2f s", str(err) or repr(err), delay
-                )
+                if not self._refusals.report(err, "this worker takes no jobs until Redis allows it"):
+                    logger.warning(
+                        "redis error in worker loop (%s); retrying in %.2f s", str(err) or repr(err), delay
+                    )
                 await asyncio.sleep(delay)
                 continue
             if claimed and claimed == limit:
@@ -256,9 +261,8 @@ class CoditectWorker(Worker):
                         await self._wake.wait()
 
     async def _claim_jobs(self, limit: int, *, only: list[str] | None = None) -> int:
-        rows = await self._claim(
-            keys=[self.queue_name, leases_key(self.queue_name)],
-            args=[
+        rows = await self._claimer.claim(
+            [
                 # ARQ's clock, which rounds: a job enqueued "now" by an ARQ client (its score rounded
                 # up to the next ms) is due to a claim that follows it within the same millisecond.
                 timestamp_ms(),
@@ -271,8 +275,8 @@ class CoditectWorker(Worker):
                 int(self.batch_keep_s * 1000),
                 self.expires_extra_ms,
                 "1" if self.allow_abort_jobs else "0",
-                *(only or ()),
             ],
+            only or (),
         )
         claims, poison = parse_rows(rows)
         if poison:
@@ -340,7 +344,8 @@ class CoditectWorker(Worker):
             except (RedisError, OSError) as err:
                 delay = redis_backoff_s(failures)
                 failures += 1
-                logger.debug("wake-up channel lost (%s); resubscribing in %.2f s", err, delay)
+                if not self._refusals.report(err, "idle workers poll the queue instead of waking on enqueue"):
+                    logger.debug("wake-up channel lost (%s); resubscribing in %.2f s", err, delay)
                 await asyncio.sleep(delay)
 
     def _child_finished(self, job_id: str | None) -> None:

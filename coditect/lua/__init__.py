@@ -29,6 +29,7 @@ _NAMES: dict[str, str | int] = {
     "JOB_ID_PATTERN": "^" + re.sub(r"([\^$()%.\[\]*+\-?])", r"%\1", keys.JOB_ID_PREFIX) + "([^:]+):(.+)$",
     "BATCH": keys.BATCH_KEY_PREFIX,
     "BATCHES": keys.BATCHES_KEY,
+    "LAST_CLAIM": keys.CLAIM_KEY_PREFIX,
     "EVENTS": keys.EVENTS_KEY_PREFIX,
     "EVENTS_ALL": keys.EVENTS_KEY,
     "WORKER_CHANNEL": keys.WORKER_CHANNEL_PREFIX,

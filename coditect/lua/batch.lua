@@ -47,6 +47,16 @@ local function wake()
   end
 end
 
+-- Publishes the wake-up before the call writes anything. A script's writes before an error stay
+-- written, so a Redis user whose ACL refuses PUBLISH must be stopped before the first write.
+local function wake_first()
+  local reply = redis.pcall('PUBLISH', C.wake, 1)
+  if type(reply) == 'table' and reply.err then
+    error({err = "NOPERM this user has no permissions to run the 'publish' command (nothing was written)"})
+  end
+  C.woken = true
+end
+
 -- ARQ's job record for a task (function, args, kwargs, enqueue time), built around its JSON.
 local function envelope(task)
   return '{"t":null,"f":"' .. JOB_NAME .. '","a":[' .. task .. '],"k":{},"et":' .. C.now .. '}'

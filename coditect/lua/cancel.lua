@@ -3,13 +3,14 @@
 --       batch id, status code ('c' cancelled, 't' timeout), reason, then task ids.
 -- Ends the listed tasks of the batch that have not ended: queued and waiting ones at once, with
 -- the reason; running ones are asked to abort (their worker records them). The first call marks
--- the batch, so no task of it is enqueued afterwards. Returns {queued ended, waiting ended, aborted},
--- or {-1, 0, 0} when the batch is not recorded.
+-- the batch, so no task of it is enqueued afterwards; a batch that has finished is left as it is.
+-- Returns {queued ended, waiting ended, aborted}, or {-1, 0, 0} when the batch is not recorded.
 -- #include batch
 configure(ARGV[1], KEYS[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 local b, code, reason = ARGV[7], ARGV[8], ARGV[9]
 local meta = bkey(b)
 if redis.call('EXISTS', meta) == 0 then return {-1, 0, 0} end
+if redis.call('HEXISTS', meta, 'finished') == 1 then return {0, 0, 0} end
 redis.call('HSETNX', meta, 'cancelled', reason)
 redis.call('HSETNX', meta, 'cancel_code', code)
 local counts = {q = 0, p = 0, r = 0}

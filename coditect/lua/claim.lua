@@ -1,12 +1,16 @@
 -- KEYS: queue, leases index.
 -- ARGV: now ms, lease ms, max jobs, worker token, worker name, wake channel, events maxlen,
 --       finished-batch keep ms, job expiry ms, '1' when aborts are allowed (else the abort set is
---       left alone, as ARQ does), then optionally the ids to claim (instead of what is due first).
+--       left alone, as ARQ does), the claim's sequence number (or ''), then optionally the ids to
+--       claim (instead of what is due first).
 -- Claims up to max due jobs nobody holds. Returns {id, payload, try, score, aborted, depth, error,
--- budget} per job (budget 1: its batch has a budget to reserve against before it runs): try is -1 and error says why when the job's retry counter is unusable (set by hand to
--- a non-integer or to the largest integer): the worker records that job as failed without running it.
+-- budget} per job (budget 1: its batch has a budget to reserve against before it runs): error says
+-- why when the job's retry counter is unusable (set by hand to a non-integer or to the largest
+-- integer; try is 0 then): the worker records that job as failed without running it.
 -- Jobs whose lease ran out (their worker died) come first: their queue score is the lease deadline,
 -- which would put them behind every job queued before it. Then the queue head, in score order.
+-- A call that claims something with a sequence number keeps it as the worker's last claim (see
+-- reclaim.lua), for one lease: if the reply is lost, the worker asks for those jobs again.
 -- Due jobs held by someone else (a plain ARQ worker keeps a running job's score) are stepped over,
 -- reading at most ten pages of the queue head per call (a claimed job leaves the due range).
 -- #include batch
@@ -21,7 +25,7 @@ local function claim(id, score)
   local problem = ''
   if type(try) == 'table' then
     problem = 'retry counter ' .. RETRY .. id .. ' is unusable: ' .. tostring(try.err)
-    try = -1
+    try = 0
   else
     redis.call('EXPIRE', RETRY .. id, RETRY_TTL_S)
   end
@@ -53,15 +57,29 @@ local function claim(id, score)
   end
   claimed[#claimed + 1] = {id, payload or '', try, score, aborted, depth, problem, budget}
 end
-if #ARGV > 10 then
-  for i = 11, #ARGV do
+local function remembered()
+  local seq = ARGV[11]
+  if seq and seq ~= '' and #claimed > 0 then
+    local last, items = LAST_CLAIM .. ARGV[4], {seq}
+    for _, row in ipairs(claimed) do  -- at most MAX_CLAIM rows: well within unpack's limit
+      items[#items + 1] = row[1]
+      items[#items + 1] = row[3] .. ' ' .. row[4] .. ' ' .. row[5] .. ' ' .. row[6] .. ' ' .. row[8] .. ' ' .. row[7]
+    end
+    redis.call('DEL', last)
+    redis.call('RPUSH', last, unpack(items))
+    redis.call('PEXPIRE', last, lease)
+  end
+  return claimed
+end
+if #ARGV > 11 then
+  for i = 12, #ARGV do
     local id = ARGV[i]
     local score = redis.call('ZSCORE', KEYS[1], id)
     if #claimed < want and score and tonumber(score) <= now and redis.call('EXISTS', IN_PROGRESS .. id) == 0 then
       claim(id, score)
     end
   end
-  return claimed
+  return remembered()
 end
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, want)) do
   local score = redis.call('ZSCORE', KEYS[1], id)
@@ -85,4 +103,4 @@ for _ = 1, 10 do
   end
   if #claimed >= want or #ids < page then break end
 end
-return claimed
+return remembered()

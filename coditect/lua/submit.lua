@@ -6,6 +6,7 @@
 -- Tasks come in dependency order (every dependency in an earlier triple or call), so each task's
 -- count of unmet dependencies is exact when it is written: a dependency that already succeeded
 -- does not count, one that ended otherwise cancels the task at once; a task with none is enqueued.
+-- The wake-up goes out first: a Redis user that may not PUBLISH writes nothing.
 -- Returns {status, added, last event id}: status 1 created or extended, 0 the batch exists already
 -- (nothing written); a waiter that follows the batch's events from that id misses nothing after it.
 -- #include batch
@@ -16,6 +17,7 @@ if how == 'new' and redis.call('EXISTS', meta) == 1 then return {0, 0, ''} end
 if how == 'more' and redis.call('EXISTS', meta) == 0 then
   return redis.error_reply('batch ' .. b .. ' is gone: it was cancelled or Redis lost it while it was sent')
 end
+if #ARGV > 8 then wake_first() end
 if how ~= 'more' then
   local fields = cjson.decode(ARGV[8])
   redis.call('HSET', meta, 'created', C.now, unpack(fields))

@@ -619,7 +619,11 @@ def test_submit_burst_worker_status_results(
     assert watched == results
 
     assert main(["cancel", batch_id, "--redis-url", redis_url]) == 0
-    assert "0 queued and 0 waiting task(s) cancelled, 0 running asked to abort" in capsys.readouterr().out
+    assert f"batch {batch_id} had already finished: nothing to cancel" in capsys.readouterr().out
+    code, status, _ = run_json(capsys, ["status", batch_id, "--redis-url", redis_url, "--json"])
+    assert (status["cancelled"], status["counts"]["cancelled"]) == (None, 0), (
+        "a finished batch stays as it was"
+    )
 
 
 def test_cancel_before_any_worker(capsys: pytest.CaptureFixture[str], tmp_path: Path, redis_url: str) -> None:
@@ -842,3 +846,18 @@ def test_an_invalid_log_format_is_refused_in_one_line(
     monkeypatch.setenv("CODITECT_LOG_FORMAT", "xml")
     assert main(["run", str(write_batch(tmp_path, SIMPLE_BATCH))]) == 2
     assert "CODITECT_LOG_FORMAT" in single_error_line(capsys.readouterr().err)
+
+
+def test_a_reader_that_stops_reading_ends_the_command_quietly(tmp_path: Path) -> None:
+    """``coditect demo --json | head -c 0``: no traceback, the shell's SIGPIPE exit code."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody will read: the first write fails with EPIPE
+    process = subprocess.run(
+        [sys.executable, "-m", "coditect", "demo", "--json"],
+        stdout=write_end, stderr=subprocess.PIPE, cwd=tmp_path, timeout=60, check=False,
+    )  # fmt: skip
+    os.close(write_end)
+
+    assert process.returncode == 141
+    assert b"Traceback" not in process.stderr
+    assert b"BrokenPipe" not in process.stderr

@@ -261,6 +261,20 @@ async def test_a_timeout_ends_unfinished_tasks_as_timeout_for_good(
     assert [(r.status, r.error) for r in results] == [(T, "batch b1 timed out"), (T, "batch b1 timed out")]
 
 
+async def test_cancelling_a_finished_batch_leaves_it_as_it_was(
+    store: BatchStore, start_worker: Callable[..., CoditectWorker]
+) -> None:
+    start_worker()
+    await store.submit("b1", [task("a")])
+    await finished(store, "b1")
+
+    assert await store.cancel("b1", reason="too late") == (0, 0, 0)
+
+    summary = await store.summary("b1")
+    assert summary is not None
+    assert (summary.cancelled, summary.counts["success"], summary.counts["cancelled"]) == (None, 1, 0)
+
+
 async def test_cancelling_an_unknown_batch_says_so(store: BatchStore) -> None:
     assert await store.cancel("nope", reason="x") is None
     assert await store.results("nope") is None

@@ -217,3 +217,30 @@ def test_many_tasks_of_a_script_agent_that_exists_pass(script_settings: Settings
 def test_without_settings_scripts_are_not_looked_for() -> None:
     # The orchestrator's own call: the workers may have scripts this process cannot see.
     check_batch(tasks({"id": "a", "title": "x", "agent": "absent"}), SCRIPT_AGENTS)
+
+
+PYTHON_AGENTS = AgentRegistry(
+    [
+        AgentConfig(name="planner", mode="python", entrypoint="tests.support.python_agents:planner"),
+        AgentConfig(name="ghost", mode="python", entrypoint="nowhere.at_all:plan"),
+        AgentConfig(name="typo", mode="python", entrypoint="tests.support.python_agents:no_such_agent"),
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    ("agent", "why"),
+    [
+        ("ghost", "cannot import nowhere.at_all"),
+        ("typo", "tests.support.python_agents has no 'no_such_agent'"),
+    ],
+)
+def test_a_python_agent_that_cannot_be_loaded_here_is_refused_naming_field_and_entrypoint(
+    script_settings: Settings, agent: str, why: str
+) -> None:
+    batch = tasks({"id": "a", "title": "x", "agent": "planner"}, {"id": "b", "title": "y", "agent": agent})
+    err = check_error(batch, PYTHON_AGENTS, settings=script_settings)
+    assert err.field == "tasks[1].agent"
+    assert err.message.startswith(f"agent {agent!r}: python agent entrypoint ")
+    assert why in err.message
+    check_batch(batch, PYTHON_AGENTS)  # workers elsewhere may have the module this process lacks

@@ -408,7 +408,7 @@ async def test_a_redis_error_in_the_claim_loop_is_retried(
 ) -> None:
     worker = start_worker()
     await backend.listening(1)
-    real_claim = worker._claim
+    real_claim = worker._claimer._claim
     failures: list[int] = []
 
     async def claim_once_failing(**kwargs: Any) -> Any:
@@ -417,7 +417,7 @@ async def test_a_redis_error_in_the_claim_loop_is_retried(
             raise RedisConnectionError("connection reset by peer")
         return await real_claim(**kwargs)
 
-    worker._claim = claim_once_failing  # type: ignore[assignment]
+    worker._claimer._claim = claim_once_failing  # type: ignore[assignment]
     await pool.enqueue_job("echo", "x", _job_id="j1")
 
     assert (await result_of(pool, "j1"))["value"] == "x"

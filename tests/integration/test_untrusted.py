@@ -128,7 +128,7 @@ async def test_planted_jobs_fail_clearly_run_nothing_and_the_worker_carries_on(
         "not-json": (b"\x00\xff this is not JSON {", "unreadable job payload, not executed"),
         "pickle": (armed_pickle(marker, 5), "refusing a pickle payload"),
         "pickle-protocol-0": (armed_pickle(marker, 0), "unreadable job payload, not executed"),
-        "not-a-job": (b'["execute_task", {"title": "x"}]', "unreadable job payload, not executed"),
+        "not-a-job": (b'["execute_task", {"title": "x"}]', "not executed: job payload is not a JSON object"),
         "no-title": (
             job_serializer(job(JOB_NAME, {"id": "no-title", "agent": "counter", "description": "x"})),
             "invalid task payload, not executed: title: Field required",
@@ -204,7 +204,7 @@ async def test_planted_jobs_fail_clearly_run_nothing_and_the_worker_carries_on(
     assert (scripts / "execute_counter.py.ledger").read_text().split() == ["good"]  # nothing planted ran
     assert not marker.exists(), "a planted pickle was unpickled"
     log = "\n".join(worker.lines)
-    assert "deserializing job coditect:planted:not-json failed" in log
+    assert "planted:not-json: payload is not a coditect JSON job (job payload is not UTF-8 text)" in log
     assert "Traceback" not in log
     assert KEY not in log
 

@@ -159,9 +159,10 @@ async def test_capacity_within_the_horizon_is_waited_for_idle(
     assert idle.entered == 1
     assert len(waits) == 1
     assert 0 < waits[0] <= 0.25  # 0.2 s after the first call's start, less the time that call took
-    assert elapsed >= 0.19
+    # Generous: the calls are 0.2 s apart on Redis's clock, read and slept on by a busy machine.
+    assert elapsed >= 0.15
     gap = server.served[1].at - server.served[0].at
-    assert gap >= 0.19
+    assert gap >= 0.15
 
 
 async def test_a_task_takes_its_slot_back_ahead_of_its_time_so_that_it_calls_on_time(

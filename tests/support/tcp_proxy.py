@@ -5,7 +5,12 @@
 sides, as a dropped network path or a restarted load balancer does); ``start_cutting(every_s,
 rounds)`` does that on a timer and stops by itself after ``rounds`` cuts. ``freeze_all()`` is the
 quieter fault: every open connection stays open but nothing more crosses it, in either direction (a
-network path that lost its state without telling anyone); new connections work. Loopback only.
+network path that lost its state without telling anyone); new connections work.
+``lose_replies_to(marker)`` loses less: the next request that contains ``marker`` reaches the server,
+and nothing the server sends back on that connection arrives (the reply to a command that ran);
+``cut_on(marker)`` resets the connection that carries the next request containing ``marker``, which
+never reaches the server.
+Loopback only.
 
 It runs on the test's event loop: never block that loop (``Popen.wait()``) while it serves, or the
 processes behind it stall on their Redis calls.
@@ -34,6 +39,7 @@ class _Link:
     server: asyncio.StreamWriter
     pumps: list[asyncio.Task[None]] = field(default_factory=list)
     frozen: bool = False
+    replies_lost: bool = False
 
     def reset(self) -> None:
         for writer in (self.client, self.server):
@@ -52,6 +58,9 @@ class TcpProxy:
         self.accepted = 0
         self.cut = 0
         self.cut_rounds = 0
+        self.replies_lost = 0
+        self._lose_replies_to: bytes | None = None
+        self._cut_on: bytes | None = None
         self._links: set[_Link] = set()
         self._handlers: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
@@ -92,8 +101,8 @@ class TcpProxy:
             return
         link = _Link(writer, upstream_writer)
         link.pumps = [
-            asyncio.create_task(self._pump(reader, upstream_writer, link)),
-            asyncio.create_task(self._pump(upstream_reader, writer, link)),
+            asyncio.create_task(self._pump(reader, upstream_writer, link, request=True)),
+            asyncio.create_task(self._pump(upstream_reader, writer, link, request=False)),
         ]
         self._links.add(link)
         try:
@@ -106,11 +115,21 @@ class TcpProxy:
             for side in (writer, upstream_writer):
                 side.transport.abort()
 
-    @staticmethod
-    async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link: _Link) -> None:
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link: _Link, *, request: bool
+    ) -> None:
         with contextlib.suppress(OSError):
             while data := await reader.read(CHUNK_BYTES):
-                if link.frozen:
+                if request and self._cut_on is not None and self._cut_on in data:
+                    self._cut_on = None
+                    self.cut += 1
+                    link.reset()
+                    return
+                if request and self._lose_replies_to is not None and self._lose_replies_to in data:
+                    self._lose_replies_to = None
+                    link.replies_lost = True
+                    self.replies_lost += 1
+                if link.frozen or (link.replies_lost and not request):
                     continue  # swallowed: the other side never hears of it
                 writer.write(data)
                 await writer.drain()
@@ -130,6 +149,14 @@ class TcpProxy:
         for link in links:
             link.frozen = True
         return len(links)
+
+    def lose_replies_to(self, marker: bytes) -> None:
+        """The next request containing ``marker`` goes through; its connection's replies never arrive."""
+        self._lose_replies_to = marker
+
+    def cut_on(self, marker: bytes) -> None:
+        """Reset the connection of the next request containing ``marker``, before it reaches the server."""
+        self._cut_on = marker
 
     def start_cutting(self, every_s: float, rounds: int) -> None:
         """Cut every connection every ``every_s`` seconds, ``rounds`` times, in the background."""
