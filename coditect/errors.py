@@ -10,14 +10,15 @@ The tree::
     │   └── RedisRefusedError       Redis answered no: out of memory, the ACL, a replica, loading
     ├── ScriptError                 a legacy agent script exited non-zero (carries its stderr)
     ├── CapacityDeferred            no rate-limit capacity soon enough: run again after ``delay_s``
+    │   └── BudgetDeferred          no room in the batch's budget until its running tasks settle
     └── ProviderError               an LLM provider or agent endpoint call failed
         ├── TransientProviderError  worth retrying: 429, 529, 5xx, connection errors, timeouts
         └── PermanentProviderError  retrying cannot help: 400, 401, 403, 404, 422
 
 Provider errors are translated once, at the HTTP boundary of each provider, with ``raise ... from err``;
 Redis errors at the client's boundary (``coditect.redis_errors``), in one line without arguments.
-``CapacityDeferred`` is not a failure: nothing was sent, and the task goes back to the queue without
-counting an attempt.
+``CapacityDeferred`` (and ``BudgetDeferred``) is not a failure: nothing was sent, and the task goes back
+to the queue without counting an attempt.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BackendUnavailableError",
+    "BudgetDeferred",
     "CapacityDeferred",
     "CoditectError",
     "ConfigurationError",
@@ -116,12 +118,36 @@ class CapacityDeferred(CoditectError):
     other workers take it first). Retrying sooner would only ask again.
     """
 
+    waiting_for = "capacity"  # what the task waits for, in the worker's log line
+
     def __init__(self, delay_s: float, *, provider: str = "", model: str = "") -> None:
-        where = f" for {provider}/{model}" if provider else ""
-        super().__init__(f"no rate-limit capacity{where} for {delay_s:.3f} s; run again after it")
+        super().__init__(self._message(delay_s, provider, model))
         self.delay_s = delay_s
         self.provider = provider
         self.model = model
+
+    @staticmethod
+    def _message(delay_s: float, provider: str, model: str) -> str:
+        where = f" for {provider}/{model}" if provider else ""
+        return f"no rate-limit capacity{where} for {delay_s:.3f} s; run again after it"
+
+
+class BudgetDeferred(CapacityDeferred):
+    """The batch's budget has room for this task only once the tasks running now settle; nothing ran.
+
+    Run the task again after ``delay_s``, as for ``CapacityDeferred``.
+    """
+
+    waiting_for = "its batch's budget"
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__(delay_s)
+
+    @staticmethod
+    def _message(delay_s: float, provider: str, model: str) -> str:
+        return (
+            f"no room in the batch's budget until its running tasks settle; run again after {delay_s:.3f} s"
+        )
 
 
 class ProviderError(CoditectError):

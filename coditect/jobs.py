@@ -47,7 +47,7 @@ from coditect.engine.context import (
 )
 from coditect.engine.create import WorkerSettingsBase
 from coditect.engine.runtime import BudgetRefused, WorkerRuntime, refused_result
-from coditect.errors import CapacityDeferred
+from coditect.errors import BudgetDeferred, CapacityDeferred
 from coditect.execution.executor import TaskExecutor
 from coditect.keys import JOB_NAME
 from coditect.llm.limits import RateLimiter
@@ -168,15 +168,18 @@ async def execute_task(
         return _invalid_payload(task, err, job_try).to_json_dict()
     runtime: WorkerRuntime = ctx[RUNTIME_KEY]
     run: JobRun | None = ctx.get(JOB_RUN_KEY)
+    job_id: str | None = ctx.get("job_id")
     run_context = await runtime.run_context(parsed, run)
     if run is not None and run.budget:
         reserved = await runtime.reserve(run, parsed, agent, mode, dict(run_context.inputs))
         if isinstance(reserved, BudgetRefused):
+            logger.info("task %s: refused by its batch's budget, not run: %s", parsed.id, reserved.reason)
             refused = refused_result(parsed, reserved, job_try)
-            runtime.finished(refused)
+            if job_id is not None and job_try > 1:
+                refused = await runtime.with_prior_usage(job_id, refused)  # what its attempts spent counts
             return refused.to_json_dict()
         if reserved is not None:
-            raise CapacityDeferred(reserved)  # the budget has room once the running tasks settle
+            raise BudgetDeferred(reserved)
     try:
         result = await runtime.executor.execute(parsed, agent, mode, run=run_context)
     except CapacityDeferred as err:
@@ -184,20 +187,18 @@ async def execute_task(
             runtime.metrics.rate_limit_deferred(err.provider, err.model, err.delay_s)
         raise
     result.attempts = job_try
-    job_id: str | None = ctx.get("job_id")
     if result.retryable and job_try < settings.max_tries:
         delay = retry_delay_s(job_try, result.retry_after_s, settings)
         logger.info(
             "task %s: try %d failed (%s), retrying in %.2f s", parsed.id, job_try, result.error, delay
         )
         if job_id is not None:
-            await runtime.keep_usage(job_id, result.usage)
+            await runtime.keep_usage(job_id, result)
         runtime.retried(result.agent)
         raise Retry(defer=delay)
     if job_id is not None and job_try > 1:
         result = await runtime.with_prior_usage(job_id, result)
-    runtime.finished(result)
-    return result.to_json_dict()
+    return result.to_json_dict()  # the engine counts it in the metrics, as every task that ends
 
 
 def _invalid_payload(task: object, err: ValidationError, job_try: int) -> ExecutionResult:

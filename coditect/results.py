@@ -16,44 +16,77 @@ from coditect.keys import split_job_id
 from coditect.models import ExecutionResult, ExecutionStatus
 from coditect.serialization import RemoteJobError, job_deserializer
 
-__all__ = ["result_from_arq"]
+__all__ = ["result_from_arq", "result_from_outcome"]
 
 
 def result_from_arq(raw: bytes, job_id: str) -> ExecutionResult:
     """Turn an ARQ result record into an ExecutionResult (never raises: bad data is a failed result)."""
-    parts = split_job_id(job_id)
-    task_id = parts[1] if parts else job_id
     try:
         data = job_deserializer(raw)
         value, tries = data["r"], max(0, int(data["t"] if data.get("t") is not None else 1))
     except (ValueError, KeyError, TypeError, OverflowError) as err:
         return ExecutionResult(
-            task_id=task_id, status=ExecutionStatus.FAILED, error=f"unreadable result: {err}"
+            task_id=_task_id(job_id), status=ExecutionStatus.FAILED, error=f"unreadable result: {err}"
         )
-    if data.get("s") and isinstance(value, dict):
+    return result_from_outcome(
+        job_id,
+        bool(data.get("s")),
+        value,
+        attempts=tries,
+        started_ms=data.get("st"),
+        finished_ms=data.get("ft"),
+    )
+
+
+def result_from_outcome(
+    job_id: str,
+    success: bool,
+    value: Any,
+    *,
+    attempts: int,
+    started_ms: Any,
+    finished_ms: Any,
+    agent: str = "",
+) -> ExecutionResult:
+    """The ExecutionResult of a job of coditect's task function that ended with ``value``: what it
+    returned, or what ended it (the exception itself in the worker, or as a result record holds it).
+    Never raises."""
+    if success and isinstance(value, dict):
         try:
             return ExecutionResult.model_validate(value)
         except ValueError as err:
             return ExecutionResult(
-                task_id=task_id,
+                task_id=_task_id(job_id),
                 status=ExecutionStatus.FAILED,
                 error=f"unreadable result: {err}",
-                attempts=tries,
+                attempts=attempts,
+                agent=agent,
             )
     status = ExecutionStatus.FAILED
-    if isinstance(value, RemoteJobError) and value.error_type == "TimeoutError":
+    if _timed_out(value):
         status = ExecutionStatus.TIMEOUT
     elif isinstance(value, asyncio.CancelledError):
         status = ExecutionStatus.CANCELLED
-    started, finished = data.get("st"), data.get("ft")
     return ExecutionResult(
-        task_id=task_id,
+        task_id=_task_id(job_id),
         status=status,
         error=_error_text(value),
-        attempts=tries,
-        started_at=_from_ms(started),
-        finished_at=_from_ms(finished),
-        duration_s=_duration_s(started, finished),
+        agent=agent,
+        attempts=attempts,
+        started_at=_from_ms(started_ms),
+        finished_at=_from_ms(finished_ms),
+        duration_s=_duration_s(started_ms, finished_ms),
+    )
+
+
+def _task_id(job_id: str) -> str:
+    parts = split_job_id(job_id)
+    return parts[1] if parts else job_id
+
+
+def _timed_out(value: Any) -> bool:
+    return isinstance(value, TimeoutError) or (
+        isinstance(value, RemoteJobError) and value.error_type == "TimeoutError"
     )
 
 
@@ -67,8 +100,9 @@ def _duration_s(started: Any, finished: Any) -> float:
 def _error_text(value: Any) -> str:
     if isinstance(value, asyncio.CancelledError):
         return f"cancelled: {value}" if str(value) else "cancelled"
-    if isinstance(value, RemoteJobError) and value.error_type == "TimeoutError":
-        return f"timed out: {value.message}" if value.message else "timed out (the job's time limit)"
+    if _timed_out(value):
+        message = value.message if isinstance(value, RemoteJobError) else str(value)
+        return f"timed out: {message}" if message else "timed out (the job's time limit)"
     return str(value) if value is not None else "job failed without an error message"
 
 

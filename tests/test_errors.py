@@ -8,6 +8,7 @@ from coditect import errors as errors_module
 from coditect.errors import (
     MAX_RETRY_AFTER_S,
     BackendUnavailableError,
+    BudgetDeferred,
     CapacityDeferred,
     CoditectError,
     ConfigurationError,
@@ -210,3 +211,13 @@ def test_capacity_deferred_says_for_what_and_how_long() -> None:
     )
     assert str(CapacityDeferred(0.25)) == "no rate-limit capacity for 0.250 s; run again after it"
     assert "CapacityDeferred" in (errors_module.__doc__ or "")
+
+
+def test_budget_deferred_is_a_deferral_that_says_it_waits_for_the_budget() -> None:
+    err = BudgetDeferred(1.0)
+
+    assert isinstance(err, CapacityDeferred)
+    assert err.delay_s == 1.0
+    assert str(err) == "no room in the batch's budget until its running tasks settle; run again after 1.000 s"
+    assert (err.waiting_for, CapacityDeferred(1.0).waiting_for) == ("its batch's budget", "capacity")
+    assert "BudgetDeferred" in (errors_module.__doc__ or "")

@@ -21,6 +21,7 @@ from arq.worker import Retry, Worker, get_kwargs
 import coditect.jobs as jobs
 from coditect.agents import AgentRegistry
 from coditect.client.batches import BatchStore
+from coditect.engine.context import JOB_RUN_KEY, JobRun
 from coditect.engine.runtime import WorkerRuntime
 from coditect.execution.executor import TaskExecutor
 from coditect.jobs import (
@@ -36,8 +37,9 @@ from coditect.jobs import (
     worker_options,
     worker_settings_class,
 )
-from coditect.keys import job_id_for
-from coditect.models import AgentConfig, AgentTask, ExecutionStatus
+from coditect.keys import BATCH_KEY_PREFIX, USAGE_PREFIX, job_id_for
+from coditect.llm.prices import Price, PriceTable
+from coditect.models import AgentConfig, AgentTask, ExecutionResult, ExecutionStatus, TokenUsage
 from coditect.results import result_from_arq
 from coditect.serialization import job_deserializer, job_serializer
 from coditect.settings import Settings
@@ -153,6 +155,39 @@ async def test_a_task_runs_with_agent_and_mode_overrides(settings: Settings, exe
     assert result["status"] == "success"
     assert (result["agent"], result["mode"], result["provider"]) == ("default", "llm", "offline")
     assert result["attempts"] == 3
+
+
+async def test_a_task_refused_by_its_budget_after_a_retry_carries_what_its_attempts_spent(
+    settings: Settings,
+) -> None:
+    prices = PriceTable({"priced-1": Price(3.0, 15.0, 0.3, 3.75)})
+    redis = fakeredis.FakeAsyncRedis()
+    executor = TaskExecutor(settings, agents=AgentRegistry(AGENTS), prices=prices)
+    runtime = WorkerRuntime(redis, executor)
+    job_id = job_id_for("b", "t1")
+    await redis.hset(BATCH_KEY_PREFIX + "b", mapping={"total": 2, "budget_usd": 0.001, "cost": 0.002})
+    spent = TokenUsage(input_tokens=100, output_tokens=40)
+    first_try = ExecutionResult(
+        task_id="t1", status=ExecutionStatus.FAILED, provider="anthropic", model="priced-1", usage=spent
+    )
+    await runtime.keep_usage(job_id, first_try)  # its first try called the model, then was retried
+    run = JobRun(job_id=job_id, job_try=2, batch_id="b", task_id="t1", budget=True)
+    ctx = {**job_ctx(settings, executor, job_try=2), RUNTIME_KEY: runtime, "job_id": job_id, JOB_RUN_KEY: run}
+    task = AgentTask(id="t1", title="spend", agent="default")
+
+    try:
+        result = await execute_task(ctx, task.model_dump(mode="json"))  # type: ignore[arg-type]
+        left = await redis.exists(USAGE_PREFIX + job_id)
+    finally:
+        await runtime.aclose()
+
+    assert result["status"] == "cancelled"
+    assert result["error"].startswith("budget exhausted: ")
+    assert result["attempts"] == 1
+    assert TokenUsage.model_validate(result["usage"]) == spent
+    assert (result["provider"], result["model"]) == ("anthropic", "priced-1")
+    assert result["cost_usd"] == pytest.approx((100 * 3.0 + 40 * 15.0) / 1e6)
+    assert left == 0
 
 
 @pytest.mark.parametrize(

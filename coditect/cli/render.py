@@ -7,6 +7,7 @@ imported at run time, so ``coditect --help`` stays fast.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol, TextIO
@@ -25,6 +26,7 @@ __all__ = [
     "event_line",
     "excerpt",
     "format_duration",
+    "format_usd",
     "progress_line",
     "results_table",
     "status_counts",
@@ -172,15 +174,26 @@ def results_table(
     return "\n".join(lines)
 
 
-def _money(value: float) -> str:
-    return f"${value:.4f}" if value < 1 else f"${value:,.2f}"
+def format_usd(value: float, digits: int = 3) -> str:
+    """``$0.000399``, ``$0.0375``, ``$2.50``, ``$1,234.56``: at least ``digits`` significant digits, and
+    cents (the same as ``coditect/lua/budget.lua`` writes in budget messages)."""
+    places = 2
+    if value > 0:
+        places = max(2, digits - 1 - math.floor(math.log10(value)))
+    return f"${value:,.{places}f}"
 
 
 def status_summary(summary: BatchSummary) -> str:
-    """``coditect status``: the batch, the count of tasks in each status, then its totals."""
+    """``coditect status``: the batch, the count of tasks in each status, then its totals.
+
+    A batch cancelled, timed out or stopped by its budget says why: ``finished (budget exhausted: ...)``,
+    or ``stopping (...)`` while its running tasks end.
+    """
     width = max(len(status) for status in STATUSES)
     number = len(str(summary.total))
-    state = "finished" if summary.finished else "cancelled" if summary.cancelled else "running"
+    state = "finished" if summary.finished else "stopping" if summary.cancelled else "running"
+    if summary.cancelled:
+        state += f" ({_clean(summary.cancelled)})"
     name = f" ({summary.name})" if summary.name else ""
     lines = [f"batch {summary.id}{name}: {summary.total} task{'' if summary.total == 1 else 's'}, {state}"]
     lines += [f"  {status.ljust(width)}  {summary.counts.get(status, 0):>{number}}" for status in STATUSES]
@@ -200,7 +213,7 @@ def totals_lines(summary: BatchSummary) -> list[str]:
 
     def cost(values: dict[str, float]) -> str:
         unpriced = int(values.get("unpriced", 0))
-        text = _money(values.get("cost", 0.0))
+        text = format_usd(values.get("cost", 0.0))
         return text + (f" (+{unpriced} task(s) of unknown price)" if unpriced else "")
 
     lines = [f"tokens: {tokens(totals)}; cost {cost(totals)}"]
@@ -224,13 +237,13 @@ def event_line(event: Event) -> str:
     if "in" in data:
         parts.append(f"{data['in']}+{data.get('out', 0)} tokens")
     if data.get("cost") is not None and event.type != "batch.finished":
-        parts.append(_money(float(data["cost"])))
+        parts.append(format_usd(float(data["cost"])))
     if event.type == "batch.finished":
         counts = ", ".join(
             f"{data[k]} {k}" for k in ("success", "failed", "timeout", "cancelled") if data.get(k)
         )
         parts.append(counts or "no tasks")
-        parts.append(_money(float(data.get("cost") or 0)))
+        parts.append(format_usd(float(data.get("cost") or 0)))
     if data.get("error"):
         parts.append(excerpt(str(data["error"]), 120))
     return "  ".join(parts)
@@ -247,7 +260,7 @@ def batches_table(summaries: Sequence[BatchSummary]) -> str:
         duration = format_duration(summary.duration_s) if summary.duration_s is not None else "running"
         tokens = int(sum(summary.totals.get(k, 0) for k in ("in", "out", "cache_read", "cache_write")))
         rows.append((summary.id, excerpt(summary.name, 24), created, duration, counts or "-", str(tokens),
-                     _money(summary.totals.get("cost", 0.0))))  # fmt: skip
+                     format_usd(summary.totals.get("cost", 0.0))))  # fmt: skip
     headers = ("BATCH", "NAME", "CREATED (UTC)", "DURATION", "TASKS", "TOKENS", "COST")
     widths = [max(len(headers[i]), *(len(row[i]) for row in rows)) for i in range(len(headers))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()

@@ -154,7 +154,10 @@ def summary_from(batch_id: str, raw: dict[bytes, bytes]) -> BatchSummary:
         if kind in ("agent", "model") and rest:
             name, _, total_name = rest.rpartition(":")
             target = by_agent if kind == "agent" else by_model
-            target.setdefault(name, {})[total_name] = float(value)
+            # Token counts and unpriced tasks are counts (HINCRBY); only the cost is a float.
+            target.setdefault(name, {})[total_name] = (
+                float(value) if total_name == "cost" else int(float(value))
+            )
     return BatchSummary(
         id=batch_id,
         name=data.get("name", ""),

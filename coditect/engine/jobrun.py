@@ -22,15 +22,24 @@ from arq.utils import timestamp_ms as _now_ms  # ARQ's clock (it rounds), as the
 from arq.worker import Function, JobExecutionFailed, Retry, RetryJob
 
 from coditect.engine.claims import dead_letter
-from coditect.engine.context import JOB_RUN_KEY, JobRun
+from coditect.engine.context import JOB_RUN_KEY, RUNTIME_KEY, JobRun
 from coditect.engine.flusher import FinishRecord
 from coditect.errors import CapacityDeferred
-from coditect.keys import BATCH_KEY_PREFIX, DEAD_LETTERS_KEY, RETRY_COUNTER_TTL_S, RETRY_PREFIX, split_job_id
+from coditect.keys import (
+    BATCH_KEY_PREFIX,
+    DEAD_LETTERS_KEY,
+    JOB_NAME,
+    RETRY_COUNTER_TTL_S,
+    RETRY_PREFIX,
+    split_job_id,
+)
 from coditect.logs import job_log_context
+from coditect.results import result_from_outcome
 from coditect.serialization import UnreadableJob, job_deserializer, read_job
 
 if TYPE_CHECKING:
     from coditect.engine.claims import Claim
+    from coditect.engine.runtime import WorkerRuntime
     from coditect.engine.slots import Slot
     from coditect.engine.worker import CoditectWorker
 
@@ -215,8 +224,9 @@ class JobRunner:
         except CapacityDeferred as err:
             worker.jobs_retried += 1
             arq_log.info(
-                "%6.2fs ↻ %s waiting for capacity: back in %0.2fs", _since(start_ms), job.ref, err.delay_s
-            )
+                "%6.2fs ↻ %s waiting for %s: back in %0.2fs", _since(start_ms), job.ref, err.waiting_for,
+                err.delay_s,
+            )  # fmt: skip
             info = json.dumps({"event": "task.queued", "attempt": claim.job_try, "delay": err.delay_s})
             record = self._again(job, _now_ms() + int(err.delay_s * 1000), kind="defer", info=info)
         except Exception as err:
@@ -354,9 +364,39 @@ class JobRunner:
         info = ""
         if split_job_id(claim.job_id) is not None:
             info = _info_for(success, result, tries)
+        if name == JOB_NAME:
+            self._task_ended(claim.job_id, args, kwargs, success, result, tries, start_ms)
         return FinishRecord(
             "done", claim.job_id, payload, ttl_ms if payload else 0, self._keep_in_progress_ms(function), info
         )
+
+    def _task_ended(
+        self,
+        job_id: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        success: bool,
+        result: Any,
+        tries: int,
+        start_ms: int,
+    ) -> None:
+        """Count a task in the worker's metrics, however it ended: here, since every final record of a
+        job passes through ``_record`` once, and a job aborted or over ARQ's timeout never returns."""
+        runtime: WorkerRuntime | None = self.worker.ctx.get(RUNTIME_KEY)
+        if runtime is None or runtime.metrics is None:
+            return
+        task = args[0] if args else {}
+        if isinstance(task, str):
+            try:
+                task = json.loads(task)
+            except ValueError:
+                task = {}
+        agent = kwargs.get("agent") or (task.get("agent") if isinstance(task, dict) else None)
+        ended = result_from_outcome(
+            job_id, success, result, attempts=tries, started_ms=start_ms, finished_ms=_now_ms(),
+            agent=agent if isinstance(agent, str) else "",
+        )  # fmt: skip
+        runtime.finished(ended)
 
     @staticmethod
     def _keep_in_progress_ms(function: Function | CronJob | None) -> int:

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from coditect.execution.context import RunContext
     from coditect.execution.executor import TaskExecutor
 
-__all__ = ["BUDGET_RETRY_S", "BudgetRefused", "WorkerRuntime", "refused_result"]
+__all__ = ["BUDGET_RETRY_S", "BudgetRefused", "PriorUsage", "WorkerRuntime", "refused_result"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,15 @@ logger = logging.getLogger(__name__)
 BUDGET_RETRY_S = 1.0
 GAUGES_EVERY_S = 5.0
 _USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+
+
+@dataclass(frozen=True, slots=True)
+class PriorUsage:
+    """What a job's earlier attempts used, and the provider and model of the latest that used any."""
+
+    usage: TokenUsage
+    provider: str | None = None
+    model: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,29 +153,37 @@ class WorkerRuntime:
         reason = await self.redis.hget(BATCH_KEY_PREFIX + run.batch_id, "cancelled")  # type: ignore[misc]
         return BudgetRefused(reason.decode() if reason else "budget exhausted")
 
-    async def prior_usage(self, job_id: str) -> TokenUsage:
+    async def prior_usage(self, job_id: str) -> PriorUsage:
         """What the job's earlier attempts used (kept by ``keep_usage`` when they were retried)."""
         raw = await self.redis.hgetall(USAGE_PREFIX + job_id)  # type: ignore[misc]
-        if not raw:
-            return TokenUsage()
-        return TokenUsage(**{name.decode(): int(value) for name, value in raw.items()})
+        fields = {name.decode(): value.decode() for name, value in raw.items()}
+        usage = TokenUsage(**{name: int(fields.get(name, 0)) for name in _USAGE_FIELDS})
+        return PriorUsage(usage, fields.get("provider"), fields.get("model"))
 
-    async def keep_usage(self, job_id: str, usage: TokenUsage) -> None:
-        """Add a retried attempt's usage to the job's tally, for its final result."""
+    async def keep_usage(self, job_id: str, result: ExecutionResult) -> None:
+        """Add a retried attempt's usage to the job's tally, with its provider and model, so that the
+        task's final result (even one that never runs again) counts and prices it."""
+        usage = result.usage
         if not usage.total_tokens:
             return
+        key = USAGE_PREFIX + job_id
         async with self.redis.pipeline(transaction=True) as pipe:
             for name in _USAGE_FIELDS:
-                pipe.hincrby(USAGE_PREFIX + job_id, name, getattr(usage, name))
-            pipe.expire(USAGE_PREFIX + job_id, RETRY_COUNTER_TTL_S)
+                pipe.hincrby(key, name, getattr(usage, name))
+            if result.model is not None:
+                pipe.hset(key, mapping={"provider": result.provider or "", "model": result.model})
+            pipe.expire(key, RETRY_COUNTER_TTL_S)
             await pipe.execute()
 
     async def with_prior_usage(self, job_id: str, result: ExecutionResult) -> ExecutionResult:
-        """``result`` with the usage (and cost) of the job's earlier attempts added."""
+        """``result`` with the usage (and cost) of the job's earlier attempts added; a result that used
+        no model (a task refused by its budget) takes the earlier attempts' provider and model."""
         prior = await self.prior_usage(job_id)
-        if not prior.total_tokens:
+        if not prior.usage.total_tokens:
             return result
-        result.usage = prior + result.usage
+        result.usage = prior.usage + result.usage
+        if result.model is None and prior.model:
+            result.provider, result.model = prior.provider or None, prior.model
         if result.model is not None:
             result.cost_usd = self.executor.prices.cost_usd(
                 result.model, result.usage, provider=result.provider
@@ -175,6 +192,7 @@ class WorkerRuntime:
         return result
 
     def finished(self, result: ExecutionResult) -> None:
+        """Count a task that ended (the engine calls this once per task, whatever ended it)."""
         if self.metrics is not None:
             self.metrics.task_finished(result)
 

@@ -5,9 +5,11 @@ The engine calls ``call_with_capacity`` instead of ``BaseLlm.generate_content_as
     response = await call_with_capacity(llm, messages, request, limiter=limiter, idle=worker_idle)
 
 - capacity free now: the call goes out at once;
-- capacity free within the horizon: the task waits exactly that long inside ``idle()`` (the engine's
-  context manager under which it holds no worker slot), then calls without asking again, unless a
-  429 paused the model meanwhile: then its slot is given back and it asks again;
+- capacity free within the horizon: the task waits that long, inside ``idle()`` (the engine's context
+  manager under which it holds no worker slot) but for the last ``RateLimiter.lead_s``, when it holds
+  its slot again, then calls without asking again, unless a 429 paused the model meanwhile: then its
+  time is given back and it asks again; or unless it got its slot back too late to call within
+  ``RateLimiter.late_s`` of its time: then it asks for a new time, once;
 - capacity further away: ``CapacityDeferred(delay_s)`` is raised before anything is sent; the engine
   puts the task back in the queue for ``delay_s`` without counting an attempt;
 - after the call the token charges are corrected by the usage (``RateLimiter.settle``), and rate-limit
@@ -54,6 +56,7 @@ async def call_with_capacity(
     if limiter is None or not limiter.applies_to(provider, model):
         return await llm.generate_content_async(messages, request)
     estimate = limiter.estimate_input_tokens(provider, model, request.system, messages)
+    asked_again = False
     while True:
         reservation = await limiter.reserve(provider, model, estimate, request.max_tokens)
         if not reservation.granted:
@@ -61,14 +64,23 @@ async def call_with_capacity(
         if reservation.wait_s <= 0:
             break
         started = time.monotonic()
-        async with idle():
-            await asyncio.sleep(reservation.wait_s)
+        late_s = await _wait_for(started + reservation.wait_s, limiter.lead_s, idle)
         if on_wait is not None:
             on_wait(time.monotonic() - started)
-        if await limiter.cooldown_left(provider, model) <= 0:
+        if await limiter.cooldown_left(provider, model) > 0:
+            # A 429 paused the model while this task slept; its time has passed unused. Asking again
+            # spaces the calls after the pause, instead of all of them going out the moment it ends.
+            await limiter.release(reservation)
+            continue
+        if late_s <= limiter.late_s or asked_again:
             break
-        # A 429 paused the model while this task slept; its slot has passed unused. Asking again
-        # spaces the calls after the pause, instead of all of them going out the moment it ends.
+        # Sent now, the call would bunch with the calls reserved after its time, which the provider
+        # counts in the same short window. Once only, so that a task always gets to call.
+        logger.info(
+            "rate limit: %s/%s call %.3f s past its time: asking for a new one",
+            provider, model, late_s,
+        )  # fmt: skip
+        asked_again = True
         await limiter.release(reservation)
     try:
         response = await llm.generate_content_async(messages, request)
@@ -83,6 +95,22 @@ async def call_with_capacity(
         # The answer is paid for: a bookkeeping failure must not throw it away.
         logger.warning("rate limit: could not record %s/%s usage: %s", provider, model, err)
     return response
+
+
+async def _wait_for(
+    due: float, lead_s: float, idle: Callable[[], AbstractAsyncContextManager[None]]
+) -> float:
+    """Sleep until ``due`` (monotonic), holding no worker slot but for the last ``lead_s``; return how
+    late the task is once it holds its slot again (0 when on time).
+
+    With every slot busy, taking one back waits for a job to end; taking it back ``lead_s`` early lets
+    the call go out at its time all the same.
+    """
+    if due - time.monotonic() > lead_s:
+        async with idle():
+            await asyncio.sleep(due - lead_s - time.monotonic())
+    await asyncio.sleep(max(0.0, due - time.monotonic()))
+    return max(0.0, time.monotonic() - due)
 
 
 async def _after_transient_error(

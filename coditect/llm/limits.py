@@ -71,6 +71,12 @@ _US_PER_MINUTE = 60_000_000
 PROMPT_CACHE_LIFETIME_S = 300.0
 # Past this many, prompts whose cache lifetime ended are forgotten.
 MAX_REMEMBERED_PROMPTS = 1000
+# A task waiting for capacity takes its worker slot back this long before its time (``call_with_capacity``):
+# with every slot busy, that waits for a job to end, about a call's duration.
+SLOT_LEAD_S = 0.1
+# A call that would go out later than this after its time asks for a new time instead (once): a late
+# call bunches with the ones reserved after it, in the provider's short windows.
+LATE_TOLERANCE_S = 0.02
 
 
 def estimate_input_tokens(system: str, messages: Sequence[Message]) -> int:
@@ -163,9 +169,10 @@ class Reservation:
     """The answer of ``RateLimiter.reserve``.
 
     ``granted``: capacity is charged at ``wait_s`` from now; sleep that long, then call the provider
-    without asking again. Not granted: nothing is charged; capacity frees in ``wait_s``, and the task
-    should stay away that long before it asks again (coming back sooner would find the capacity
-    until then taken, and ask again and again).
+    without asking again (or, unable to call at that time, ``release`` it and ask again). Not granted:
+    nothing is charged; capacity frees in ``wait_s``, and the task should stay away that long before
+    it asks again (coming back sooner would find the capacity until then taken, and ask again and
+    again).
     ``limited`` is False when no limit applies (nothing was asked of Redis).
     """
 
@@ -186,10 +193,20 @@ class RateLimiter:
     only for those (give a provider a limit to have 429s pause all its models' callers).
     """
 
-    def __init__(self, redis: Redis, limits: Iterable[RateLimit] = (), *, horizon_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        limits: Iterable[RateLimit] = (),
+        *,
+        horizon_s: float = 5.0,
+        lead_s: float = SLOT_LEAD_S,
+        late_s: float = LATE_TOLERANCE_S,
+    ) -> None:
         self.redis = redis
         self.limits = tuple(limits)
         self.horizon_s = horizon_s
+        self.lead_s = lead_s
+        self.late_s = late_s
         self._script = redis.register_script(script("ratelimit"))
         self._charges: dict[tuple[str, str], tuple[_Charge, ...]] = {}
         self._cached_prompts: dict[tuple[str, str, str], float] = {}

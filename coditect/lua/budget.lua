@@ -16,8 +16,22 @@ local spent_usd = tonumber(v[3]) or 0
 local spent_tokens = (tonumber(v[4]) or 0) + (tonumber(v[5]) or 0) + (tonumber(v[6]) or 0) + (tonumber(v[7]) or 0)
 local held_usd, held_tokens = tonumber(v[8]) or 0, tonumber(v[9]) or 0
 local est_usd, est_tokens = tonumber(ARGV[4]), tonumber(ARGV[5])
+-- Dollars as coditect.cli.render.format_usd writes them (at least `digits` significant digits, and
+-- cents; no thousands separator).
+local function usd(value, digits)
+  local places = 2
+  -- (the epsilon: log(1000) / log(10) is 2.9999999999999996)
+  if value > 0 then places = math.max(2, digits - 1 - math.floor(math.log(value) / math.log(10) + 1e-9)) end
+  return string.format('$%.' .. places .. 'f', value)
+end
+-- Spent and budget with enough digits to read apart when they differ ($0.000430 of $0.000400).
+local function spent_of_budget(a, b)
+  local digits = 3
+  while digits < 15 and a ~= b and usd(a, digits) == usd(b, digits) do digits = digits + 1 end
+  return usd(a, digits) .. ' of ' .. usd(b, digits)
+end
 local function spent()
-  local reason = string.format('budget exhausted: $%.4f of $%.4f spent', spent_usd, budget_usd or 0)
+  local reason = 'budget exhausted: ' .. spent_of_budget(spent_usd, budget_usd or 0) .. ' spent'
   if budget_tokens and spent_tokens >= budget_tokens then
     reason = string.format('budget exhausted: %d of %d tokens spent', spent_tokens, budget_tokens)
   end

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from coditect.cli.render import format_duration
+from coditect.cli.render import format_duration, format_usd
 
 __all__ = ["FILTERS", "ago", "duration", "moment", "money", "token_pair", "tokens"]
 
@@ -14,9 +14,7 @@ def duration(seconds: float | None) -> str:
 
 
 def money(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"${value:.4f}" if value < 1 else f"${value:,.2f}"
+    return "-" if value is None else format_usd(value)
 
 
 def moment(value: datetime | None) -> str:

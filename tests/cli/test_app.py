@@ -25,7 +25,14 @@ import redis
 
 from coditect.cli.app import main
 from coditect.cli.demo import DEMO_TASKS
-from coditect.cli.render import excerpt, progress_line, results_table, status_counts, summary_line
+from coditect.cli.render import (
+    excerpt,
+    format_usd,
+    progress_line,
+    results_table,
+    status_counts,
+    summary_line,
+)
 from coditect.client.orchestrator import BatchProgress
 from coditect.models import ExecutionResult, ExecutionStatus, TokenUsage
 from coditect.settings import Settings
@@ -490,6 +497,24 @@ def test_progress_line_counts_each_final_status_and_says_what_is_wrong() -> None
     assert progress_line(stuck) == (
         "  1/3 done · 0 running · 0 failed · 1 timeout · 9.0s · no worker is alive on queue coditect:queue"
     )
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (0.0, "$0.00"),
+        (0.000399, "$0.000399"),
+        (0.00043, "$0.000430"),
+        (0.0004, "$0.000400"),
+        (0.0375, "$0.0375"),
+        (0.045, "$0.0450"),
+        (0.5, "$0.500"),
+        (2.5, "$2.50"),
+        (1234.5, "$1,234.50"),
+    ],
+)
+def test_dollars_read_with_three_significant_digits_and_cents(value: float, text: str) -> None:
+    assert format_usd(value) == text
 
 
 def test_results_table_aligns_and_cleans_output() -> None:

@@ -5,6 +5,7 @@ schedule, dead letters, budgets."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +186,29 @@ def test_a_budget_of_tokens_from_the_batch_file_ends_the_rest_cancelled(
     cancelled = [item for item in results if item["status"] == "cancelled"]
     assert all(item["error"].startswith("budget exhausted: ") for item in cancelled)
     assert all(item["error"].endswith(" of 60 tokens spent") for item in cancelled)
+
+
+def test_status_says_why_a_batch_stopped_before_all_its_tasks_ran(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, redis_url: str
+) -> None:
+    tasks = [{"id": f"t{i}", "title": f"task {i}"} for i in range(6)]
+    path = write(tmp_path, {"name": "budgeted", "budget_tokens": 60, "tasks": tasks})
+    code, submitted = out_json(capsys, ["submit", str(path), "--redis-url", redis_url, "--json"])
+    assert code == 0
+    burst_worker(redis_url, capsys)
+
+    code = main(["status", submitted["batch_id"], "--redis-url", redis_url])
+    text = capsys.readouterr().out
+    code_json, status = out_json(
+        capsys, ["status", submitted["batch_id"], "--redis-url", redis_url, "--json"]
+    )
+
+    assert code == code_json == 1
+    first = text.splitlines()[0]
+    assert first == f"batch {submitted['batch_id']} (budgeted): 6 tasks, finished ({status['cancelled']})", (
+        text
+    )
+    assert re.fullmatch(r"budget exhausted: \d+ of 60 tokens spent", status["cancelled"])
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "abc", "inf"])

@@ -4,6 +4,7 @@ cron jobs and ARQ's log lines, through a real CoditectWorker on fakeredis."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import pickle
@@ -20,14 +21,18 @@ from arq.cron import cron
 from arq.worker import func
 
 from coditect.client.batches import BatchStore
-from coditect.engine.context import JOB_RUN_KEY, JobRun
+from coditect.engine.context import JOB_RUN_KEY, RUNTIME_KEY, JobRun
 from coditect.engine.jobrun import batch_info
+from coditect.engine.metrics import WorkerMetrics
+from coditect.engine.runtime import WorkerRuntime
 from coditect.engine.worker import CoditectWorker
-from coditect.errors import CapacityDeferred
-from coditect.keys import DEAD_LETTERS_KEY, job_id_for
+from coditect.errors import BudgetDeferred, CapacityDeferred
+from coditect.execution.executor import TaskExecutor
+from coditect.keys import ABORT_SET, DEAD_LETTERS_KEY, JOB_NAME, job_id_for
 from coditect.models import AgentTask, ExecutionStatus
 from coditect.results import result_from_arq
 from coditect.serialization import job_serializer
+from coditect.settings import Settings
 from tests.engine.support import (
     Probe,
     cancellation_of,
@@ -267,6 +272,34 @@ async def test_a_job_without_provider_capacity_goes_back_and_the_wait_is_not_a_t
     assert (worker.jobs_retried, worker.jobs_complete) == (1, 1)
     events = [fields[b"type"] for _, fields in await pool.xrange("coditect:events:b1")]
     assert events.count(b"task.queued") == 2
+
+
+@pytest.mark.parametrize(
+    ("deferral", "line"),
+    [
+        (CapacityDeferred(0.05), "waiting for capacity: back in 0.05s"),
+        (BudgetDeferred(0.05), "waiting for its batch's budget: back in 0.05s"),
+    ],
+    ids=["capacity", "budget"],
+)
+async def test_a_deferred_task_says_what_it_waits_for(
+    pool: ArqRedis, probe: Probe, backend: FakeBackend, caplog: pytest.LogCaptureFixture,
+    deferral: CapacityDeferred, line: str,
+) -> None:  # fmt: skip
+    async def deferred_once(ctx: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
+        probe.record(ctx)
+        if len(probe.calls) == 1:
+            raise deferral
+        return {"task_id": task["id"], "status": "success", "attempts": ctx["job_try"]}
+
+    backend.worker([func(deferred_once, name="execute_task")])
+    store = BatchStore(pool, queue_name=QUEUE, keep_result_s=60)
+    with caplog.at_level(logging.INFO, logger="arq.worker"):
+        await store.submit("b1", [AgentTask(id="t1", title="waits")])
+        await result_of(pool, job_id_for("b1", "t1"))
+
+    [deferred] = [record.getMessage() for record in caplog.records if "↻" in record.getMessage()]
+    assert deferred.endswith(f"↻ coditect:b1:t1:execute_task {line}")
 
 
 # -- abort ----------------------------------------------------------------------------------------
@@ -696,3 +729,68 @@ async def test_a_timed_out_batch_task_is_recorded_as_timeout_in_its_batch(
     assert await store.states("b1") == {"t1": ExecutionStatus.TIMEOUT}
     (result,) = await store.results("b1") or []
     assert (result.status, result.error) == (ExecutionStatus.TIMEOUT, "timed out (the job's time limit)")
+
+
+# -- the worker's metrics ---------------------------------------------------------------------------
+
+
+def tasks_counted(metrics: WorkerMetrics) -> dict[tuple[str, str, str, str], float]:
+    """``coditect_tasks_total`` by (status, agent, provider, model), counts above zero."""
+    return {
+        (s.labels["status"], s.labels["agent"], s.labels["provider"], s.labels["model"]): s.value
+        for family in metrics.registry.collect()
+        for s in family.samples
+        if s.name == "coditect_tasks_total" and s.value
+    }
+
+
+@pytest.mark.parametrize(
+    ("how", "status"),
+    [
+        ("returns", "success"),
+        ("raises", "failed"),
+        ("over-arqs-timeout", "timeout"),
+        ("aborted", "cancelled"),
+        ("aborted-before-start", "cancelled"),
+        ("over-max-tries", "failed"),
+    ],
+)
+async def test_every_task_that_ends_is_counted_once_in_the_metrics_whatever_ended_it(
+    settings: Settings, pool: ArqRedis, probe: Probe, backend: FakeBackend, how: str, status: str
+) -> None:
+    async def task_job(ctx: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
+        probe.record(ctx)
+        if how == "raises":
+            raise ValueError("a bug in the job")
+        if how == "returns":
+            return {"task_id": task["id"], "status": "success", "agent": task["agent"], "provider": "offline",
+                    "model": "offline-1", "usage": {"input_tokens": 3, "output_tokens": 2}}  # fmt: skip
+        await asyncio.Event().wait()
+        return {}
+
+    metrics = WorkerMetrics()
+    runtime = WorkerRuntime(pool, TaskExecutor(settings), metrics=metrics)
+    timeout_s = 0.05 if how == "over-arqs-timeout" else None
+    store = BatchStore(pool, queue_name=QUEUE, keep_result_s=60)
+    job_id = job_id_for("b1", "t1")
+    task = AgentTask(id="t1", title="counted", agent="writer")
+    try:
+        if how == "over-max-tries":
+            await pool.enqueue_job(JOB_NAME, task.model_dump(mode="json"), _job_id=job_id, _job_try=6)
+        else:
+            await store.submit("b1", [task])
+        if how == "aborted-before-start":
+            await pool.zadd(ABORT_SET, {job_id: now_ms()})
+        backend.worker(
+            [func(task_job, name=JOB_NAME, timeout=timeout_s, max_tries=5)], ctx={RUNTIME_KEY: runtime}
+        )
+        if how == "aborted":
+            await probe.wait_started(job_id)
+            await store.cancel("b1", reason="cancelled by user")
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await result_of(pool, job_id)
+    finally:
+        await runtime.aclose()
+
+    model = ("offline", "offline-1") if how == "returns" else ("", "")
+    assert tasks_counted(metrics) == {(status, "writer", *model): 1}

@@ -74,6 +74,33 @@ async def test_a_budget_reservation_admits_defers_then_refuses(settings: Setting
     assert await pool.hget(meta, "cancelled") == spent.reason.encode()
 
 
+@pytest.mark.parametrize(
+    ("spent", "budget", "message"),
+    [
+        (0.00043, 0.0004, "$0.000430 of $0.000400"),
+        (0.0004001, 0.0004, "$0.0004001 of $0.0004000"),  # as many digits as it takes to tell them apart
+        (0.0004, 0.0004, "$0.000400 of $0.000400"),
+        (0.045, 0.0375, "$0.0450 of $0.0375"),
+        (0.001, 0.001, "$0.00100 of $0.00100"),
+        (2.5037, 2.5, "$2.504 of $2.500"),
+        (1500.0, 1000.0, "$1500.00 of $1000.00"),
+    ],
+)
+async def test_a_spent_budget_reads_with_enough_digits_to_tell_spent_from_budget(
+    settings: Settings, pool: ArqRedis, spent: float, budget: float, message: str
+) -> None:
+    runtime = WorkerRuntime(pool, TaskExecutor(settings))
+    task = AgentTask(id="t1", title="Task 1")
+    await pool.hset(BATCH_KEY_PREFIX + "b", mapping={"total": 1, "budget_usd": budget, "cost": spent})
+    run = JobRun(job_id=job_id_for("b", task.id), job_try=1, batch_id="b", task_id=task.id, budget=True)
+    try:
+        refused = await runtime.reserve(run, task, None, None, {})
+    finally:
+        await runtime.aclose()
+
+    assert refused == BudgetRefused(f"budget exhausted: {message} spent")
+
+
 async def test_a_retried_attempts_usage_is_added_to_the_final_result(
     settings: Settings, pool: ArqRedis
 ) -> None:
@@ -84,8 +111,8 @@ async def test_a_retried_attempts_usage_is_added_to_the_final_result(
         task_id="t", status=ExecutionStatus.SUCCESS, provider="anthropic", model="priced-1", usage=last
     )
     try:
-        await runtime.keep_usage("job", first)
-        await runtime.keep_usage("job", TokenUsage())  # an attempt that used nothing adds nothing
+        await runtime.keep_usage("job", final.model_copy(update={"usage": first}))
+        await runtime.keep_usage("job", final.model_copy(update={"usage": TokenUsage()}))  # adds nothing
         summed = await runtime.with_prior_usage("job", final)
         left = await pool.exists(USAGE_PREFIX + "job")
     finally:

@@ -24,6 +24,7 @@ from coditect.client.orchestrator import ProjectOrchestrator
 from coditect.models import AgentTask, ExecutionResult, ExecutionStatus, TokenUsage
 from coditect.settings import Settings
 from tests.support.provider_process import ProviderProcess, provider_process, run_cli, write_json
+from tests.support.workers import WorkerProcess
 
 StartWorkers = Callable[..., Any]
 
@@ -50,7 +51,15 @@ AGENTS = {
             "provider": "anthropic",
             "model": MODEL,
             "max_tokens": 4,
-        }
+        },
+        {
+            "name": "retried",
+            "mode": "python",
+            "entrypoint": "tests.support.python_agents:flaky_after_llm",
+            "provider": "anthropic",
+            "model": MODEL,
+            "max_tokens": 4,
+        },
     ]
 }
 # Every title is 8 characters. Estimate (one call): ceil(8 / 4) + 4 = 6 tokens in, max_tokens 4 out:
@@ -69,13 +78,13 @@ def spenders() -> list[AgentTask]:
 
 async def setup(
     tmp_path: Path, settings: Settings, start_workers: StartWorkers, provider: ProviderProcess
-) -> tuple[Settings, dict[str, str]]:
+) -> tuple[Settings, dict[str, str], list[WorkerProcess]]:
     """Two workers of 2 slots each; the agents file for the orchestrator and the command line."""
     agents = write_json(tmp_path / "agents.json", AGENTS)
     prices = write_json(tmp_path / "prices.json", PRICES)
     env = {"CODITECT_AGENTS_FILE": str(agents), "CODITECT_PRICES_FILE": str(prices)}
-    await start_workers(2, **provider.worker_env(**env, CODITECT_MAX_JOBS="2"))
-    return settings.model_copy(update={"agents_file": agents}), env
+    workers = await start_workers(2, **provider.worker_env(**env, CODITECT_MAX_JOBS="2"))
+    return settings.model_copy(update={"agents_file": agents}), env, workers
 
 
 def spent_when_crossed(
@@ -113,7 +122,7 @@ async def test_a_usd_budget_runs_out_mid_batch(
     real_settings: Settings, start_workers: StartWorkers, tmp_path: Path
 ) -> None:
     async with provider_process("--latency-s", "0.3") as provider:
-        settings, _ = await setup(tmp_path, real_settings, start_workers, provider)
+        settings, _, workers = await setup(tmp_path, real_settings, start_workers, provider)
         async with ProjectOrchestrator(settings) as orch:
             results = await orch.run_batch(spenders(), batch_id="usd", budget_usd=BUDGET_USD, timeout_s=60)
             summary = await orch.summary("usd")
@@ -139,13 +148,18 @@ async def test_a_usd_budget_runs_out_mid_batch(
     assert summary.cancelled is not None
     assert summary.cancelled in errors
     assert summary.totals["unpriced"] == 0  # unrun tasks have no price to miss
+    # The workers say why tasks ended unrun, and that any they sent back waited for the budget (whether
+    # one is sent back depends on when the first four finish: tests/engine/test_jobrun.py has the line).
+    lines = [line for worker in workers for line in worker.lines]
+    assert any("refused by its batch's budget, not run: budget exhausted: $" in line for line in lines)
+    assert not any("waiting for capacity" in line for line in lines)
 
 
 async def test_a_token_budget_runs_out_mid_batch(
     real_settings: Settings, start_workers: StartWorkers, tmp_path: Path
 ) -> None:
     async with provider_process("--latency-s", "0.3") as provider:
-        settings, _ = await setup(tmp_path, real_settings, start_workers, provider)
+        settings, _, _ = await setup(tmp_path, real_settings, start_workers, provider)
         async with ProjectOrchestrator(settings) as orch:
             results = await orch.run_batch(
                 spenders(), batch_id="tokens", budget_tokens=BUDGET_TOKENS, timeout_s=60
@@ -178,7 +192,7 @@ async def test_coditect_run_with_a_budget_exits_1_and_says_so(
         tmp_path / "budgeted.json", {"name": "spend", "budget_tokens": BUDGET_TOKENS, "tasks": tasks}
     )
     async with provider_process("--latency-s", "0.3") as provider:
-        _, env = await setup(tmp_path, real_settings, start_workers, provider)
+        _, env, _ = await setup(tmp_path, real_settings, start_workers, provider)
         cli_env = {**worker_env, **env, "COLUMNS": "200"}
         by_flag = await run_cli(
             ["run", str(plain), "--budget-usd", str(BUDGET_USD), "--batch-id", "flag"], cli_env
@@ -200,3 +214,45 @@ async def test_coditect_run_with_a_budget_exits_1_and_says_so(
     )
     assert status.code == 1
     assert status.json()["cancelled"].startswith("budget exhausted: ")
+
+
+async def test_a_task_refused_after_a_retry_still_counts_what_its_first_attempt_spent(
+    real_settings: Settings, start_workers: StartWorkers, tmp_path: Path
+) -> None:
+    """One worker slot: "a-retried" runs first (job ids sort so), calls the model, fails and goes back
+    for at least 1.5 s (the backoff); "b-spender" runs meanwhile and spends past the budget; then
+    "a-retried" is refused by the budget, and its first attempt's call is in its result and the totals."""
+    agents = write_json(tmp_path / "agents.json", AGENTS)
+    prices = write_json(tmp_path / "prices.json", PRICES)
+    ledger = tmp_path / "failed-once"
+    tasks = [
+        AgentTask(id="a-retried", title="Spend 01", agent="retried", metadata={"ledger": str(ledger)}),
+        AgentTask(id="b-spender", title="Spend 02", agent="spender"),
+    ]
+    async with provider_process() as provider:
+        env = {"CODITECT_AGENTS_FILE": str(agents), "CODITECT_PRICES_FILE": str(prices)}
+        await start_workers(
+            1, **provider.worker_env(**env, CODITECT_MAX_JOBS="1", CODITECT_RETRY_BACKOFF_S="2")
+        )
+        settings = real_settings.model_copy(update={"agents_file": agents})
+        async with ProjectOrchestrator(settings) as orch:
+            results = await orch.run_batch(tasks, batch_id="retried", budget_usd=0.01, timeout_s=30)
+            summary = await orch.summary("retried")
+        served = await provider.served()
+
+    retried, spender = results
+    print(f"\n[budget retried] {[(r.task_id, r.status.value, r.usage, r.cost_usd) for r in results]}")
+    print(f"[budget retried] totals {summary.totals}")
+    assert spender.status is ExecutionStatus.SUCCESS
+    assert retried.status is ExecutionStatus.CANCELLED
+    assert (retried.error or "").startswith("budget exhausted: ")
+    assert retried.attempts == 1
+    assert retried.usage == TokenUsage(input_tokens=5, output_tokens=4)  # its first attempt's one call
+    assert (retried.provider, retried.model) == ("anthropic", MODEL)
+    assert retried.cost_usd == pytest.approx(0.0075)
+    assert len(served) == 3
+    assert summary.totals["in"] + summary.totals["out"] == sum(
+        s["input_tokens"] + s["output_tokens"] for s in served
+    )
+    assert summary.totals["cost"] == pytest.approx(TASK_USD + 0.0075)
+    assert summary.by_agent["retried"]["cost"] == pytest.approx(0.0075)

@@ -244,7 +244,11 @@ async def test_a_burst_of_429s_pauses_every_process(
     )
     started = time.monotonic()
 
-    clients = await run_clients(2, redis_url=redis_url, provider=provider, limits=limits, requests=120)
+    # 10 calls in flight a process: with 50, the process that started first reserved the first 2.5 s
+    # of calls, and the other sent few or none of the 40 before the burst.
+    clients = await run_clients(
+        2, redis_url=redis_url, provider=provider, limits=limits, requests=120, extra=("--concurrency", "10")
+    )
 
     served = sorted(await provider.served(), key=lambda s: s["at"])
     refused = [s for s in served if s["status"] == 429]

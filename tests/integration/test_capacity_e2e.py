@@ -7,6 +7,12 @@ The limits file sets each limit 5 % under the provider's: calls go out exactly a
 and providers count over short windows, so a few milliseconds of network and scheduling jitter would
 otherwise put one call too many into some rolling second (H2's finding in ``test_capacity.py``; the
 README, "Rate limits, prices").
+
+The rate-limited batch runs on workers of 10 slots and of 4. With 4, a task whose time comes finds
+every slot busy more often: it takes its slot back ahead of its time, and a call that would still go
+out late asks for a new time (``coditect.llm.capacity``). A call can still leave late once it holds
+its slot (a busy event loop on a loaded machine, with 10 slots as with 4), hence a bound of 1 % of
+429s rather than none.
 """
 
 from __future__ import annotations
@@ -65,28 +71,30 @@ class Rate:
         )
 
 
+@pytest.mark.parametrize("max_jobs", [10, 4])
 async def test_a_rate_limited_batch_on_two_workers_runs_at_the_shared_limit(
-    real_settings: Settings, start_workers: StartWorkers, tmp_path: Path
+    real_settings: Settings, start_workers: StartWorkers, tmp_path: Path, max_jobs: int
 ) -> None:
     provider_rpm, rpm = 1800, 1710  # 30 in any rolling second at the provider; 5 % under, configured
     provider_tpm, tpm = 120_000, 114_000
-    count, max_jobs = 600, 10
+    count = 600
     limits = limits_file(tmp_path, requests_per_minute=rpm, input_tokens_per_minute=tpm)
     args = ("--requests-per-minute", str(provider_rpm), "--input-tokens-per-minute", str(provider_tpm))
     async with provider_process(*args, "--latency-s", "0.05") as provider:
         env = provider.worker_env(
             CODITECT_LLM_MODEL=MODEL, CODITECT_LIMITS_FILE=str(limits), CODITECT_MAX_JOBS=str(max_jobs)
         )
-        await start_workers(2, **env)
+        workers = await start_workers(2, **env)
         tasks = [AgentTask(id=f"t{i}", title=f"Question number {i}") for i in range(count)]
         async with ProjectOrchestrator(real_settings) as orch:
-            # Freshly started workers send their first calls late (first use of every code path, and
-            # each claiming its first jobs at once), and a late call bunches with the next ones: the
-            # figures are for warm workers. The warm-up's own 429s are shown, not asserted.
+            # Freshly started workers are slow to send their first calls (first use of every code path,
+            # and each claiming its first jobs at once): the figures are for warm workers. The
+            # warm-up's own 429s are shown, not asserted.
             warm = [AgentTask(id=f"w{i}", title=f"Warm-up {i}") for i in range(60)]
             await orch.run_batch(warm, batch_id="warm-up", timeout_s=30)
             cold = await provider.served()
             await provider.clear()
+            logged = [len(worker.lines) for worker in workers]
             started = time.monotonic()
             results = await orch.run_batch(tasks, batch_id="limited", timeout_s=90)
             took_s = time.monotonic() - started
@@ -94,9 +102,15 @@ async def test_a_rate_limited_batch_on_two_workers_runs_at_the_shared_limit(
 
     rate = Rate.of(served)
     in_flight = max_in_flight(results)
+    asked_again = sum(
+        "past its time: asking for a new one" in line
+        for worker, start in zip(workers, logged, strict=True)
+        for line in worker.lines[start:]
+    )
     print(f"\n[rate-limited] {count} tasks, 2 workers x {max_jobs} slots, {took_s:.1f} s")
     print(f"[rate-limited] provider allows {provider_rpm}/min (30 in any second); limits file {rpm}/min")
     print(f"[rate-limited] {rate}; achieved/limit {rate.requests_per_minute / rpm:.3f}")
+    print(f"[rate-limited] 429s: {rate.refused} in {len(served)} calls; asked again: {asked_again}")
     print(f"[rate-limited] warm-up on cold workers: {Rate.of(cold)}")
     print(f"[rate-limited] most tasks in flight per worker (waiting for capacity included): {in_flight}")
     assert [result.status for result in results] == [ExecutionStatus.SUCCESS] * count

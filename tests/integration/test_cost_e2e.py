@@ -130,6 +130,12 @@ async def test_usage_and_cost_of_results_and_batch_totals_match_a_hand_computed_
     assert summary["by_agent"]["pricer"] == pytest.approx({"in": 16, "out": 13, "cost": 0.000243})
     assert summary["by_agent"]["retrier"] == pytest.approx({"in": 12, "out": 8, "cost": 0.000156})
     assert summary["by_agent"]["mystery"] == {"in": 12, "out": 8, "unpriced": 2}
+    # Counts read as integers (16, not 16.0); the cost is a float.
+    counts = [value for group in ("by_agent", "by_model") for totals_of in summary[group].values()
+              for key, value in totals_of.items() if key != "cost"]  # fmt: skip
+    assert counts
+    assert all(type(value) is int for value in counts)
+    assert '"in": 16,' in status.stdout  # the pricer agent's, as printed
 
     assert listed.code == 0, listed.stderr
     assert listed.json()["totals"] == {key: value for key, value in summary.items() if key != "batch_id"}

@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 import fakeredis
 import pytest
@@ -18,7 +19,7 @@ from coditect.keys import limit_key
 from coditect.llm.anthropic import AnthropicLlm, create_anthropic_client
 from coditect.llm.base import LlmRequest, LlmResponse, Message
 from coditect.llm.capacity import call_with_capacity
-from coditect.llm.limits import RateLimit, RateLimiter
+from coditect.llm.limits import RateLimit, RateLimiter, Reservation
 from coditect.llm.offline import OfflineLlm
 from coditect.settings import Settings
 from tests.support.fake_provider import FakeProvider, refused_port
@@ -29,11 +30,17 @@ REQUEST = LlmRequest(system="be brief", max_tokens=20)
 
 
 class Idle:
-    """The engine's idle context manager, counting how often a task waited under it."""
+    """The engine's idle context manager, counting how often a task waited under it. ``on_exit`` stands
+    for taking a slot back, which waits for a job to end when every slot is busy."""
 
-    def __init__(self, on_enter: Callable[[], Awaitable[None]] | None = None) -> None:
+    def __init__(
+        self,
+        on_enter: Callable[[], Awaitable[None]] | None = None,
+        on_exit: Callable[[int], Awaitable[None]] | None = None,
+    ) -> None:
         self.entered = 0
         self.on_enter = on_enter
+        self.on_exit = on_exit
 
     @asynccontextmanager
     async def __call__(self) -> AsyncIterator[None]:
@@ -41,6 +48,8 @@ class Idle:
         if self.on_enter is not None:
             await self.on_enter()
         yield
+        if self.on_exit is not None:
+            await self.on_exit(self.entered)
 
 
 @pytest.fixture
@@ -73,6 +82,19 @@ async def redis(fake_redis: fakeredis.FakeServer) -> AsyncIterator[Redis]:
 
 def limiter(redis: Redis, horizon_s: float = 5.0, **per_minute: int) -> RateLimiter:
     return RateLimiter(redis, [RateLimit("anthropic", MODEL, **per_minute)], horizon_s=horizon_s)
+
+
+class Reserves:
+    """Counts a limiter's reservations."""
+
+    def __init__(self, rate: RateLimiter) -> None:
+        self.count = 0
+        self._reserve = rate.reserve
+        rate.reserve = self  # type: ignore[method-assign]
+
+    async def __call__(self, *args: Any) -> Reservation:
+        self.count += 1
+        return await self._reserve(*args)
 
 
 async def test_without_a_limiter_the_call_goes_straight_out(llm: AnthropicLlm, server: FakeProvider) -> None:
@@ -141,6 +163,93 @@ async def test_capacity_within_the_horizon_is_waited_for_idle(
     assert elapsed >= 0.15
     gap = server.served[1].at - server.served[0].at
     assert gap >= 0.15
+
+
+async def test_a_task_takes_its_slot_back_ahead_of_its_time_so_that_it_calls_on_time(
+    llm: AnthropicLlm, redis: Redis, server: FakeProvider
+) -> None:
+    rate = RateLimiter(redis, [RateLimit("anthropic", MODEL, requests_per_minute=120)], lead_s=0.3)  # 0.5 s
+
+    async def every_slot_busy(_: int) -> None:
+        await asyncio.sleep(0.25)  # a slot frees when a job ends, a quarter of a second later
+
+    idle = Idle(on_exit=every_slot_busy)
+    await call_with_capacity(llm, HELLO, REQUEST, limiter=rate, idle=idle)
+    await call_with_capacity(llm, HELLO, REQUEST, limiter=rate, idle=idle)
+
+    assert idle.entered == 1
+    gap = server.served[1].at - server.served[0].at
+    assert 0.48 <= gap < 0.6  # at its time; taking the slot back at its time would send it 0.25 s late
+
+
+async def test_a_wait_shorter_than_the_lead_keeps_the_slot(
+    llm: AnthropicLlm, redis: Redis, server: FakeProvider
+) -> None:
+    rate = RateLimiter(redis, [RateLimit("anthropic", MODEL, requests_per_minute=600)], lead_s=0.2)  # 0.1 s
+    idle, waits = Idle(), []
+
+    await call_with_capacity(llm, HELLO, REQUEST, limiter=rate, idle=idle)
+    await call_with_capacity(llm, HELLO, REQUEST, limiter=rate, idle=idle, on_wait=waits.append)
+
+    assert idle.entered == 0
+    assert len(waits) == 1
+    assert server.served[1].at - server.served[0].at >= 0.09
+
+
+async def test_a_call_past_its_time_asks_for_a_new_one_once(
+    llm: AnthropicLlm, redis: Redis, server: FakeProvider, caplog: pytest.LogCaptureFixture
+) -> None:
+    rate = RateLimiter(
+        redis, [RateLimit("anthropic", MODEL, requests_per_minute=120)], lead_s=0.05, late_s=0.02
+    )  # 0.5 s apart
+    reserves = Reserves(rate)
+    others: list[float] = []
+
+    async def slot_back_late(entered: int) -> None:
+        if entered == 1:
+            # Meanwhile another worker reserved the next time, and this task's slot comes back late.
+            other = await rate.reserve("anthropic", MODEL, 1, 1)
+            others.append(time.monotonic() + other.wait_s)
+            await asyncio.sleep(0.2)
+
+    idle = Idle(on_exit=slot_back_late)
+    await rate.reserve("anthropic", MODEL, 1, 1)  # another worker's call: this task's time is in 0.5 s
+    started = time.monotonic()
+
+    with caplog.at_level(logging.INFO, logger="coditect.llm.capacity"):
+        await call_with_capacity(llm, HELLO, REQUEST, limiter=rate, idle=idle)
+
+    assert reserves.count == 1 + 2 + 1  # the two other calls' and this task's two
+    assert idle.entered == 2
+    assert "rate limit: anthropic/claude-test call 0.1" in caplog.text
+    assert "past its time: asking for a new one" in caplog.text
+    [served] = server.served
+    # Not at its first time (0.5 s, where it would have gone 0.15 s late), but after the other call's
+    # (1 s), at 1.5 s.
+    assert served.at >= others[0] + 0.49
+    assert served.at - started < 1.6
+
+
+async def test_a_call_past_its_new_time_too_goes_out_all_the_same(
+    llm: AnthropicLlm, redis: Redis, server: FakeProvider
+) -> None:
+    rate = RateLimiter(
+        redis, [RateLimit("anthropic", MODEL, requests_per_minute=120)], lead_s=0.05, late_s=0.02
+    )  # 0.5 s apart
+    reserves = Reserves(rate)
+
+    async def slot_back_late(_: int) -> None:
+        await rate.reserve("anthropic", MODEL, 1, 1)  # another worker keeps taking the next time
+        await asyncio.sleep(0.2)
+
+    idle = Idle(on_exit=slot_back_late)
+    await rate.reserve("anthropic", MODEL, 1, 1)
+
+    await call_with_capacity(llm, HELLO, REQUEST, limiter=rate, idle=idle)
+
+    assert idle.entered == 2  # asked for a new time once, then called although late again
+    assert reserves.count == 1 + 2 + 2
+    assert len(server.served) == 1
 
 
 async def test_capacity_beyond_the_horizon_defers_the_task_and_sends_nothing(

@@ -98,7 +98,7 @@ def test_formatting() -> None:
     assert duration(0.5) == "0.50 s"
     assert duration(75) == "1m15s"
     assert money(None) == "-"
-    assert money(0.00012) == "$0.0001"
+    assert money(0.00012) == "$0.000120"
     assert money(1234.5) == "$1,234.50"
     assert moment(None) == "-"
     assert moment(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)) == "2026-01-02 03:04:05"
@@ -136,10 +136,10 @@ def summary(**fields: object) -> BatchSummary:
 def test_a_batch_row() -> None:
     row = batch_row(summary())
     assert (row.state, row.done, row.total, row.duration, row.tokens, row.cost) == (
-        "finished", 4, 4, "3.00 s", "120", "$0.5000",
+        "finished", 4, 4, "3.00 s", "120", "$0.500",
     )  # fmt: skip
     assert row.rerunnable
-    assert batch_row(summary(totals={"cost": 0.5, "unpriced": 2.0})).cost == "$0.5000 + 2 unpriced"
+    assert batch_row(summary(totals={"cost": 0.5, "unpriced": 2.0})).cost == "$0.500 + 2 unpriced"
     assert batch_row(summary(totals={"cost": 0.0, "unpriced": 4.0})).cost == "no price"
     running = batch_row(summary(finished_at=None, cancelled="cancelled by user"))
     assert (running.state, running.duration, running.rerunnable) == ("cancelling", "-", False)
