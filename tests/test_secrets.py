@@ -89,7 +89,8 @@ def test_200_kb_of_text_is_redacted_quickly() -> None:
     started = time.perf_counter()
     masked = redactor.redact(text)
     elapsed = time.perf_counter() - started
-    assert elapsed < 0.2, f"{elapsed:.3f} s"
+    # About 0.05 s here: the bound catches a quadratic scan, not a busy machine.
+    assert elapsed < 1.0, f"{elapsed:.3f} s"
     assert runs_of(KEY, masked) == []
     assert len(text) > 200_000
 
