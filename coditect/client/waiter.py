@@ -67,6 +67,7 @@ class BatchWaiter:
         self.summary: BatchSummary | None = None
         self._seen: set[str] = set()
         self._note = ""
+        self._done = 0
         self._next_worker_check = 0.0
 
     async def results(self) -> AsyncIterator[ExecutionResult]:
@@ -134,7 +135,11 @@ class BatchWaiter:
         if summary is None:
             raise BatchLost(self.batch_id)
         self.summary = summary
-        if self.watch_workers and not summary.finished and time.monotonic() >= self._next_worker_check:
+        moved = summary.finished or summary.done > self._done
+        self._done = summary.done
+        if moved:
+            self._note = ""  # tasks ended since the last report: a worker is alive
+        elif self.watch_workers and time.monotonic() >= self._next_worker_check:
             self._next_worker_check = time.monotonic() + WORKER_CHECK_S
             alive = await live_workers(self.store.redis, self.store.queue_name)
             self._note = "" if alive else f"no worker is alive on queue {self.store.queue_name}"

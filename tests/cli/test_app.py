@@ -280,6 +280,20 @@ def test_run_a_fifo_exits_2_at_once(capsys: pytest.CaptureFixture[str], tmp_path
     assert single_error_line(err) == f"coditect: error: {fifo}: not a regular file (a FIFO)"
 
 
+def test_run_whose_workers_cannot_start_exits_2_at_once_with_the_reason(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # No Redis: the in-process workers need the provider's key; the command used to wait for ever.
+    monkeypatch.setenv("CODITECT_LLM_PROVIDER", "anthropic")
+
+    code = main(["run", str(write_batch(tmp_path, SIMPLE_BATCH))])
+
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert "needs an API key" in single_error_line(err)
+    assert out == ""
+
+
 def test_run_refuses_a_script_agent_without_its_script_before_running_anything(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

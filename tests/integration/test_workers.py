@@ -12,7 +12,7 @@ from typing import Any
 
 from arq import create_pool
 
-from coditect.client.orchestrator import ProjectOrchestrator
+from coditect.client.orchestrator import BatchProgress, ProjectOrchestrator
 from coditect.connections import redis_settings_from
 from coditect.jobs import JOB_NAME, job_deserializer, job_serializer
 from coditect.keys import job_id_for
@@ -126,3 +126,25 @@ async def test_a_plain_arq_client_enqueues_by_name_and_reads_the_result(
     assert result["task_id"] == "plain"
     assert result["status"] == "success"
     assert result["output"].endswith("Hello from plain ARQ")
+
+
+async def test_a_batch_with_no_live_worker_says_so_until_one_starts(
+    real_settings: Settings, start_workers: StartWorkers
+) -> None:
+    notes: list[str] = []
+    alone = asyncio.Event()
+
+    def on_progress(progress: BatchProgress) -> None:
+        notes.append(progress.note)
+        if progress.note:
+            alone.set()
+
+    async with ProjectOrchestrator(real_settings) as orch:
+        running = asyncio.create_task(orch.execute_tasks_parallel(tasks(2), on_progress=on_progress))
+        await asyncio.wait_for(alone.wait(), 30)
+        await start_workers(1)
+        results = await asyncio.wait_for(running, 60)
+
+    assert [r.status for r in results] == [ExecutionStatus.SUCCESS] * 2
+    assert notes[0] == f"no worker is alive on queue {real_settings.queue_name}"
+    assert notes[-1] == ""  # the last report, after the worker started, says nothing is wrong
