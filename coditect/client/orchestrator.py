@@ -23,7 +23,7 @@ from coditect.client.events import Event, follow_events, read_events
 from coditect.client.graph import check_batch, dependency_order, dependency_waves
 from coditect.client.memory import MEMORY_CHECK_MIN_BYTES, check_room, estimated_bytes
 from coditect.client.progress import BatchProgress, ProgressCallback
-from coditect.client.waiter import BatchLost, BatchWaiter, DeadlineReached
+from coditect.client.waiter import RESULTS_WITH_EVENTS_MAX, BatchLost, BatchWaiter, DeadlineReached
 from coditect.connections import create_redis_pool, redact_url
 from coditect.errors import TaskInputError
 from coditect.models import AgentTask, Budget, ExecutionResult, ExecutionStatus
@@ -261,10 +261,11 @@ class ProjectOrchestrator:
     ) -> dict[str, ExecutionResult]:
         found: dict[str, ExecutionResult] = {}
         expired = False
+        awaited = [task.id for task in tasks] if len(tasks) <= RESULTS_WITH_EVENTS_MAX else []
         while True:
             waiter = BatchWaiter(
                 self.store, batch_id, since=since, on_progress=on_progress, deadline=deadline,
-                watch_workers=not self.settings.embedded,
+                watch_workers=not self.settings.embedded, task_ids=awaited,
             )  # fmt: skip
             try:
                 async for result in waiter.results():
