@@ -26,6 +26,7 @@ from coditect.client.progress import BatchProgress, ProgressCallback
 from coditect.client.waiter import RESULTS_WITH_EVENTS_MAX, BatchLost, BatchWaiter, DeadlineReached
 from coditect.connections import create_redis_pool, redact_url
 from coditect.errors import TaskInputError
+from coditect.gc_tuning import frozen_while_running
 from coditect.models import AgentTask, Budget, ExecutionResult, ExecutionStatus
 from coditect.redis_config import PolicyCheck, read_server_info
 from coditect.redis_errors import refusals
@@ -234,7 +235,7 @@ class ProjectOrchestrator:
         """Submit a batch and wait for every result (input order). Dependants start as soon as their
         dependencies succeed; ``timeout_s`` ends the unfinished tasks with status ``timeout``. With a
         budget, tasks that would start once it is spent end ``cancelled`` ("budget exhausted")."""
-        with refusals(self._url):
+        with refusals(self._url), frozen_while_running(len(tasks)):
             budget = Budget(budget_usd=budget_usd, budget_tokens=budget_tokens)
             submitted = await self._submit(tasks, batch_id, name, budget)
             if not submitted.created:  # the batch exists: follow it, if it is this batch
