@@ -13,10 +13,12 @@ import contextlib
 import gc
 from collections.abc import Iterator
 
-__all__ = ["FROZEN_BATCH_MIN_TASKS", "freeze_after_startup", "frozen_while_running"]
+__all__ = ["FROZEN_BATCH_MIN_TASKS", "SETTLE_EVERY", "freeze_after_startup", "frozen_while_running", "settle"]
 
 # A batch smaller than this has too few objects for full collections to matter.
 FROZEN_BATCH_MIN_TASKS = 1_000
+# Results a waiter holds between two calls of settle().
+SETTLE_EVERY = 5_000
 
 _holders = 0
 
@@ -45,3 +47,10 @@ def frozen_while_running(tasks: int) -> Iterator[None]:
         _holders -= 1
         if _holders == 0:
             gc.unfreeze()
+
+
+def settle() -> None:
+    """While a batch holds the freeze: freeze what was made since (the results it keeps until it
+    returns), so that full collections do not walk a growing pile of results either."""
+    if _holders:
+        gc.freeze()

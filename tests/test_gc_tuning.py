@@ -5,7 +5,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from coditect.gc_tuning import FROZEN_BATCH_MIN_TASKS, freeze_after_startup, frozen_while_running
+from coditect.gc_tuning import FROZEN_BATCH_MIN_TASKS, freeze_after_startup, frozen_while_running, settle
 
 
 @pytest.fixture(autouse=True)
@@ -39,5 +39,18 @@ def test_a_large_batch_freezes_until_the_last_one_of_the_process_ends() -> None:
 def test_a_batch_that_fails_thaws_all_the_same() -> None:
     with pytest.raises(RuntimeError), frozen_while_running(FROZEN_BATCH_MIN_TASKS):
         raise RuntimeError("refused")
+
+    assert gc.get_freeze_count() == 0
+
+
+def test_settling_freezes_what_came_since_only_while_a_batch_holds_the_freeze() -> None:
+    settle()
+    assert gc.get_freeze_count() == 0
+
+    with frozen_while_running(FROZEN_BATCH_MIN_TASKS):
+        before = gc.get_freeze_count()
+        kept = [[i] for i in range(100)]  # lists are tracked by the collector
+        settle()
+        assert gc.get_freeze_count() >= before + len(kept)
 
     assert gc.get_freeze_count() == 0

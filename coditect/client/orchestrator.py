@@ -26,7 +26,7 @@ from coditect.client.progress import BatchProgress, ProgressCallback
 from coditect.client.waiter import RESULTS_WITH_EVENTS_MAX, BatchLost, BatchWaiter, DeadlineReached
 from coditect.connections import create_redis_pool, redact_url
 from coditect.errors import TaskInputError
-from coditect.gc_tuning import frozen_while_running
+from coditect.gc_tuning import SETTLE_EVERY, frozen_while_running, settle
 from coditect.models import AgentTask, Budget, ExecutionResult, ExecutionStatus
 from coditect.redis_config import PolicyCheck, read_server_info
 from coditect.redis_errors import refusals
@@ -271,6 +271,8 @@ class ProjectOrchestrator:
             try:
                 async for result in waiter.results():
                     found[result.task_id] = result
+                    if len(found) % SETTLE_EVERY == 0:
+                        settle()
                 return found
             except DeadlineReached:
                 if expired:  # a running task's worker never recorded its abort (it died): say so here
