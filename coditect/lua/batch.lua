@@ -25,31 +25,37 @@ end
 
 local function bkey(b, part) return BATCH .. b .. (part or '') end
 
--- A batch hash's integer counters. A script that ends many tasks in one call (finish.lua) sets
--- C.counts = {}: its increments are summed there and written by flush_counts, one HINCRBY per
--- counter instead of one per task and counter. Anything that reads counters flushes first.
-local function incr(meta, name, by)
+-- A batch hash's counters. A script that ends many tasks in one call (finish.lua) sets C.counts = {}:
+-- its integer increments are summed there and written by flush_counts, one HINCRBY per counter
+-- instead of one per task and counter (in the order the counters were first met, as before, so a
+-- hash lists its fields as it did; float increments are replayed one by one, as Redis added them).
+-- Anything that reads counters flushes first.
+local function incr(meta, name, by, float)
   local counts = C.counts
   if not counts then
-    redis.call('HINCRBY', meta, name, by)
+    redis.call(float and 'HINCRBYFLOAT' or 'HINCRBY', meta, name, by)
     return
   end
-  local fields = counts[meta]
-  if not fields then
-    fields = {}
-    counts[meta] = fields
+  local key = meta .. '\n' .. name
+  local entry = counts[key]
+  if not entry then
+    entry = {meta = meta, name = name, by = 0, floats = float and {} or nil}
+    counts[key] = entry
+    C.count_order[#C.count_order + 1] = entry
   end
-  fields[name] = (fields[name] or 0) + by
+  if float then entry.floats[#entry.floats + 1] = by else entry.by = entry.by + by end
 end
 
 local function flush_counts()
   if not C.counts then return end
-  for meta, fields in pairs(C.counts) do
-    for name, by in pairs(fields) do
-      if by ~= 0 then redis.call('HINCRBY', meta, name, by) end
+  for _, entry in ipairs(C.count_order) do
+    if entry.floats then
+      for _, by in ipairs(entry.floats) do redis.call('HINCRBYFLOAT', entry.meta, entry.name, by) end
+    elseif entry.by ~= 0 then
+      redis.call('HINCRBY', entry.meta, entry.name, entry.by)
     end
   end
-  C.counts = {}
+  C.counts, C.count_order = {}, {}
 end
 
 -- (batch id, task id) of a coditect job id whose batch is recorded, else nil.
@@ -124,7 +130,7 @@ local function add_totals(meta, prefix, u, cost)
   if u.cr ~= 0 then incr(meta, prefix .. 'cache_read', u.cr) end
   if u.cw ~= 0 then incr(meta, prefix .. 'cache_write', u.cw) end
   if cost then
-    if cost ~= 0 then redis.call('HINCRBYFLOAT', meta, prefix .. 'cost', cost) end
+    if cost ~= 0 then incr(meta, prefix .. 'cost', cost, true) end
   elseif u.in_ + u.out + u.cr + u.cw > 0 then  -- tokens of a model without a price (not a task that never ran)
     incr(meta, prefix .. 'unpriced', 1)
   end

@@ -11,7 +11,7 @@
 -- keep-in-progress ms > 0 keeps the in-progress key that long (ARQ does it for cron jobs).
 -- #include batch
 configure(ARGV[3], KEYS[1], ARGV[2], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
-C.counts = {}
+C.counts, C.count_order = {}, {}
 local requeued = 0
 local ended, seen = {}, {}  -- batches a task of which ended here: checked once, at the end
 for i = 8, #ARGV, 6 do
