@@ -49,6 +49,7 @@ from coditect.engine.create import WorkerSettingsBase
 from coditect.engine.runtime import BudgetRefused, WorkerRuntime, refused_result
 from coditect.errors import BudgetDeferred, CapacityDeferred
 from coditect.execution.executor import TaskExecutor
+from coditect.gc_tuning import freeze_after_startup
 from coditect.keys import JOB_NAME
 from coditect.llm.limits import RateLimiter
 from coditect.logs import ensure_worker_logging
@@ -109,6 +110,7 @@ async def startup(ctx: WorkerContext) -> None:
         ensure_worker_logging(settings)  # after the SDK import, which may add handlers of its own
         if settings.schedule_file is not None:
             ctx[SCHEDULER_KEY] = _start_scheduler(ctx, settings, agents)
+        freeze_after_startup()  # the process is the worker's: nobody else's objects are frozen
     logger.info(
         "coditect worker ready: queue %s, provider %s, max_jobs %d",
         settings.queue_name,

@@ -78,6 +78,11 @@ class TokenUsage(BaseModel):
         return self.input_tokens + self.output_tokens + self.cache_read_tokens + self.cache_write_tokens
 
     def __add__(self, other: TokenUsage) -> TokenUsage:
+        # Frozen: a sum with nothing is the other usage itself (a run's first model call, every task).
+        if not other.total_tokens:
+            return self
+        if not self.total_tokens:
+            return other
         return TokenUsage(
             input_tokens=self.input_tokens + other.input_tokens,
             output_tokens=self.output_tokens + other.output_tokens,

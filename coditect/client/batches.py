@@ -350,11 +350,8 @@ class BatchStore:
         """Results of whichever of ``task_ids`` have one, in a round trip per ``CHUNK``."""
         found: dict[str, ExecutionResult] = {}
         for chunk in _chunks(task_ids):
-            job_ids = [job_id_for(batch_id, task_id) for task_id in chunk]
-            values = await self.redis.mget([RESULT_PREFIX + job_id for job_id in job_ids])
-            for task_id, job_id, raw in zip(chunk, job_ids, values, strict=True):
-                if raw is not None:
-                    found[task_id] = _shared_strings(result_from_arq(raw, job_id))
+            values = await self.redis.mget(result_keys(batch_id, chunk))
+            found.update(read_results(batch_id, chunk, values))
         return found
 
     async def ended_task_ids(self, batch_id: str) -> AsyncIterator[list[str]]:
@@ -416,6 +413,22 @@ class BatchStore:
             await self.redis.zrem(BATCHES_KEY, *gone)
         summaries = [summary_from(batch_id, raw) for batch_id, raw in zip(ids, metas, strict=True) if raw]
         return summaries[:limit]
+
+
+def result_keys(batch_id: str, task_ids: Sequence[str]) -> list[str]:
+    """The keys of these tasks' result records."""
+    return [RESULT_PREFIX + job_id_for(batch_id, task_id) for task_id in task_ids]
+
+
+def read_results(
+    batch_id: str, task_ids: Sequence[str], values: Sequence[bytes | None]
+) -> dict[str, ExecutionResult]:
+    """The results among ``values`` (an MGET of ``result_keys(batch_id, task_ids)``), by task id."""
+    return {
+        task_id: _shared_strings(result_from_arq(raw, job_id_for(batch_id, task_id)))
+        for task_id, raw in zip(task_ids, values, strict=True)
+        if raw is not None
+    }
 
 
 def _shared_strings(result: ExecutionResult) -> ExecutionResult:

@@ -18,7 +18,15 @@ from arq.connections import ArqRedis
 
 from coditect.keys import EVENTS_KEY, EVENTS_KEY_PREFIX
 
-__all__ = ["FINAL_EVENTS", "Event", "follow_events", "read_events", "stream_key"]
+__all__ = [
+    "FINAL_EVENTS",
+    "READ_COUNT",
+    "Event",
+    "events_from_reply",
+    "follow_events",
+    "read_events",
+    "stream_key",
+]
 
 FINAL_EVENTS = frozenset({"task.succeeded", "task.failed", "task.timeout", "task.cancelled"})
 READ_COUNT = 1000
@@ -106,7 +114,11 @@ async def read_events(
 ) -> list[Event]:
     """Events after ``since`` (a stream id; ``0-0`` for all), waiting up to ``block_ms`` for one."""
     key = stream_key(batch_id)
-    reply = await redis.xread({key: since}, count=count, block=block_ms)
+    return events_from_reply(await redis.xread({key: since}, count=count, block=block_ms))
+
+
+def events_from_reply(reply: Any) -> list[Event]:
+    """The events of an XREAD reply for one stream."""
     if not reply:
         return []
     ((_, entries),) = reply

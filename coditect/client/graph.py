@@ -30,14 +30,13 @@ def check_batch(
     """
     index_of: dict[str, int] = {}
     for index, task in enumerate(tasks):
-        where = f"tasks[{index}]"
         if task.id in index_of:
-            raise TaskInputError(f"task id {task.id!r} appears more than once", field=f"{where}.id")
+            raise TaskInputError(f"task id {task.id!r} appears more than once", field=f"tasks[{index}].id")
         index_of[task.id] = index
         if task.agent not in agents:
             known = ", ".join(agents.names)
             raise TaskInputError(
-                f"unknown agent {task.agent!r}; known agents: {known}", field=f"{where}.agent"
+                f"unknown agent {task.agent!r}; known agents: {known}", field=f"tasks[{index}].agent"
             )
     waves = _waves(tasks, index_of)
     if settings is not None:
@@ -56,47 +55,60 @@ def dependency_order(waves: Sequence[Sequence[AgentTask]]) -> list[AgentTask]:
 
 
 def _waves(tasks: Sequence[AgentTask], index_of: Mapping[str, int]) -> list[list[AgentTask]]:
-    """Kahn's algorithm: a task's wave is one past the latest wave of its dependencies."""
-    unmet = [0] * len(tasks)
-    dependants: list[list[int]] = [[] for _ in tasks]
+    """Kahn's algorithm: a task's wave is one past the latest wave of its dependencies.
+
+    Only tasks with dependencies or dependants get an entry: a batch of 100,000 independent tasks
+    allocates no per-task lists (those allocations, and the collections they set off, were most of
+    the time before its first task was sent)."""
+    unmet: dict[int, int] = {}
+    dependants: dict[int, list[int]] = {}
     for index, task in enumerate(tasks):
+        if not task.depends_on:
+            continue
         deps = set(task.depends_on)
         unmet[index] = len(deps)
         for dep in deps:
-            if dep not in index_of:
+            at = index_of.get(dep)
+            if at is None:
                 raise TaskInputError(
                     f"depends on unknown task id {dep!r}", field=f"tasks[{index}].depends_on"
                 )
-            dependants[index_of[dep]].append(index)
-    level = [0] * len(tasks)
-    ready = deque(index for index, count in enumerate(unmet) if count == 0)
-    placed = 0
+            dependants.setdefault(at, []).append(index)
+    if not unmet:
+        return [list(tasks)] if tasks else []
+    level: dict[int, int] = {}
+    ready = deque(index for index in dependants if index not in unmet)
+    placed = len(tasks) - len(unmet)
     while ready:
         index = ready.popleft()
-        placed += 1
-        for dependant in dependants[index]:
-            level[dependant] = max(level[dependant], level[index] + 1)
+        next_level = level.get(index, 0) + 1
+        for dependant in dependants.get(index, ()):
+            if next_level > level.get(dependant, 0):
+                level[dependant] = next_level
             unmet[dependant] -= 1
             if unmet[dependant] == 0:
+                placed += 1
                 ready.append(dependant)
     if placed < len(tasks):
         raise _cycle_error(tasks, index_of, unmet)
-    waves: list[list[AgentTask]] = [[] for _ in range(max(level, default=-1) + 1)]
+    waves: list[list[AgentTask]] = [[] for _ in range(max(level.values(), default=0) + 1)]
     for index, task in enumerate(tasks):
-        waves[level[index]].append(task)
+        waves[level.get(index, 0)].append(task)
     return waves
 
 
-def _cycle_error(tasks: Sequence[AgentTask], index_of: Mapping[str, int], unmet: list[int]) -> TaskInputError:
+def _cycle_error(
+    tasks: Sequence[AgentTask], index_of: Mapping[str, int], unmet: Mapping[int, int]
+) -> TaskInputError:
     """Name one cycle: from a task left unplaced, follow unplaced dependencies until one repeats."""
     # Every unplaced task waits on at least one unplaced dependency, so the walk never stops short.
-    current = next(index for index, count in enumerate(unmet) if count)
+    current = min(index for index, count in unmet.items() if count)
     seen: dict[int, int] = {}
     path: list[int] = []
     while current not in seen:
         seen[current] = len(path)
         path.append(current)
-        current = next(index_of[dep] for dep in tasks[current].depends_on if unmet[index_of[dep]])
+        current = next(index_of[dep] for dep in tasks[current].depends_on if unmet.get(index_of[dep], 0))
     cycle = sorted(path[seen[current] :])
     shown = ", ".join(tasks[index].id for index in cycle[:MAX_CYCLE_IDS_SHOWN])
     more = len(cycle) - MAX_CYCLE_IDS_SHOWN

@@ -23,9 +23,10 @@ from coditect.client.events import Event, follow_events, read_events
 from coditect.client.graph import check_batch, dependency_order, dependency_waves
 from coditect.client.memory import MEMORY_CHECK_MIN_BYTES, check_room, estimated_bytes
 from coditect.client.progress import BatchProgress, ProgressCallback
-from coditect.client.waiter import BatchLost, BatchWaiter, DeadlineReached
+from coditect.client.waiter import RESULTS_WITH_EVENTS_MAX, BatchLost, BatchWaiter, DeadlineReached
 from coditect.connections import create_redis_pool, redact_url
 from coditect.errors import TaskInputError
+from coditect.gc_tuning import SETTLE_EVERY, frozen_while_running, settle
 from coditect.models import AgentTask, Budget, ExecutionResult, ExecutionStatus
 from coditect.redis_config import PolicyCheck, read_server_info
 from coditect.redis_errors import refusals
@@ -234,7 +235,7 @@ class ProjectOrchestrator:
         """Submit a batch and wait for every result (input order). Dependants start as soon as their
         dependencies succeed; ``timeout_s`` ends the unfinished tasks with status ``timeout``. With a
         budget, tasks that would start once it is spent end ``cancelled`` ("budget exhausted")."""
-        with refusals(self._url):
+        with refusals(self._url), frozen_while_running(len(tasks)):
             budget = Budget(budget_usd=budget_usd, budget_tokens=budget_tokens)
             submitted = await self._submit(tasks, batch_id, name, budget)
             if not submitted.created:  # the batch exists: follow it, if it is this batch
@@ -261,14 +262,17 @@ class ProjectOrchestrator:
     ) -> dict[str, ExecutionResult]:
         found: dict[str, ExecutionResult] = {}
         expired = False
+        awaited = [task.id for task in tasks] if len(tasks) <= RESULTS_WITH_EVENTS_MAX else []
         while True:
             waiter = BatchWaiter(
                 self.store, batch_id, since=since, on_progress=on_progress, deadline=deadline,
-                watch_workers=not self.settings.embedded,
+                watch_workers=not self.settings.embedded, task_ids=awaited,
             )  # fmt: skip
             try:
                 async for result in waiter.results():
                     found[result.task_id] = result
+                    if len(found) % SETTLE_EVERY == 0:
+                        settle()
                 return found
             except DeadlineReached:
                 if expired:  # a running task's worker never recorded its abort (it died): say so here

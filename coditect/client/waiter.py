@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from coditect.backoff import REDIS_DOWN, Outage
-from coditect.client.batches import BatchStore, BatchSummary
-from coditect.client.events import Event, read_events
+from coditect.client.batches import BatchStore, BatchSummary, read_results, result_keys
+from coditect.client.events import READ_COUNT, Event, events_from_reply, read_events, stream_key
 from coditect.client.progress import PROGRESS_INTERVAL_S, BatchProgress, ProgressCallback
 from coditect.engine.registry import live_workers
 from coditect.errors import CoditectError
@@ -24,6 +24,8 @@ from coditect.models import ExecutionResult
 __all__ = ["BatchLost", "BatchWaiter", "DeadlineReached"]
 
 WORKER_CHECK_S = 2.0
+# Up to this many tasks, the waiter reads the results it still awaits with every read of events.
+RESULTS_WITH_EVENTS_MAX = 64
 # A reply that never comes (a connection dropped without an RST) ends after this, on top of a
 # blocking read's own wait; redis-py drops that connection and the next call opens another.
 REDIS_REPLY_TIMEOUT_S = 10.0
@@ -56,6 +58,7 @@ class BatchWaiter:
         on_progress: ProgressCallback | None = None,
         deadline: float | None = None,
         watch_workers: bool = False,
+        task_ids: Sequence[str] = (),
     ) -> None:
         self.store = store
         self.batch_id = batch_id
@@ -69,6 +72,8 @@ class BatchWaiter:
         self._note = ""
         self._done = 0
         self._next_worker_check = 0.0
+        # A small batch's results are read in the same round trip as its events (see _next_events).
+        self._expected = list(task_ids) if len(task_ids) <= RESULTS_WITH_EVENTS_MAX else []
 
     async def results(self) -> AsyncIterator[ExecutionResult]:
         last = self.since
@@ -121,13 +126,29 @@ class BatchWaiter:
         block_s = max(0.001, next_tick - time.monotonic())
         if self.deadline is not None:
             block_s = min(block_s, max(0.001, self.deadline - time.monotonic()))
-        events = await read_events(
-            self.store.redis, self.batch_id, last, block_ms=max(1, int(block_s * 1000))
-        )
+        block_ms = max(1, int(block_s * 1000))
+        watched = [task for task in self._expected if task not in self._seen]
+        if watched:
+            # The results of the tasks still awaited, read right after the events in one round trip: a
+            # result and its task's final event are written by one script call, so a final event read
+            # here finds its result, and a one-task batch takes no read after the event.
+            async with self.store.redis.pipeline(transaction=False) as pipe:
+                pipe.xread({stream_key(self.batch_id): last}, count=READ_COUNT, block=block_ms)
+                pipe.mget(result_keys(self.batch_id, watched))
+                reply, values = await pipe.execute()
+            events = events_from_reply(reply)
+            early = read_results(self.batch_id, watched, values)
+        else:
+            events = await read_events(self.store.redis, self.batch_id, last, block_ms=block_ms)
+            early = {}
+        self._seen.update(early)
+        found = list(early.values())
         ended = [event.task_id for event in events if event.is_final and event.task_id]
         fresh = [task for task in ended if task not in self._seen]
-        found = list((await self.store.fetch_results(self.batch_id, fresh)).values()) if fresh else []
-        self._seen.update(result.task_id for result in found)
+        if fresh:
+            late = await self.store.fetch_results(self.batch_id, fresh)
+            self._seen.update(late)
+            found += late.values()
         return events, found
 
     async def _tick(self) -> BatchSummary:

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 from coditect.backoff import REDIS_DOWN, Outage
 from coditect.clock import now_ms
 from coditect.keys import RESULT_PREFIX, job_id_for, wake_channel
-from coditect.lua import script
 from coditect.models import AgentTask, ExecutionResult
 from coditect.results import result_from_arq
 
@@ -37,7 +36,6 @@ class BatchDelegator:
         assert run.batch_id is not None
         self.worker = worker
         self.run = run
-        self._script = worker.pool.register_script(script("delegate"))
 
     async def delegate(
         self, parent: AgentTask, children: Sequence[AgentTask], depth: int
@@ -53,7 +51,7 @@ class BatchDelegator:
         outage = Outage()
         while True:
             try:
-                await self._script(keys=[worker.queue_name], args=args)  # idempotent: safe to send again
+                await worker.registered_script("delegate")(keys=[worker.queue_name], args=args)  # idempotent
                 break
             except REDIS_DOWN as err:
                 await outage.backoff(err)

@@ -51,6 +51,7 @@ logger = logging.getLogger(__name__)
 _MAX_EVENT_ERROR_CHARS = 300
 _NO_RESULT = object()
 _STATUS_CODES = {"success": "s", "failed": "f", "timeout": "t", "cancelled": "c"}
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # json.dumps with options builds one per call
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +91,7 @@ def batch_info(status: str, job_try: int, *, result: dict[str, Any] | None = Non
         error = result.get("error") or ""
     if error:
         info["error"] = truncate(" ".join(error.split()), _MAX_EVENT_ERROR_CHARS)
-    return json.dumps(info, separators=(",", ":"))
+    return _COMPACT.encode(info)
 
 
 class JobRunner:

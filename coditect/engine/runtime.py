@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 from arq.connections import ArqRedis
 from redis.exceptions import RedisError
 
+from coditect.engine.delegation import BatchDelegator
+from coditect.execution.context import RunContext
 from coditect.keys import (
     BATCH_KEY_PREFIX,
     RESULT_PREFIX,
@@ -33,7 +35,6 @@ if TYPE_CHECKING:
     from coditect.engine.context import JobRun
     from coditect.engine.metrics import MetricsServer, WorkerMetrics
     from coditect.engine.worker import CoditectWorker
-    from coditect.execution.context import RunContext
     from coditect.execution.executor import TaskExecutor
 
 __all__ = ["BUDGET_RETRY_S", "BudgetRefused", "PriorUsage", "WorkerRuntime", "refused_result"]
@@ -112,15 +113,11 @@ class WorkerRuntime:
 
     async def run_context(self, task: AgentTask, run: JobRun | None) -> RunContext:
         """The engine's side of a run: its slot, its dependencies' outputs, delegation, metrics."""
-        from coditect.execution.context import RunContext
-
         on_wait = self.metrics.rate_limit_wait if self.metrics is not None else None
         if run is None:
             return RunContext(on_capacity_wait=on_wait)
         if run.batch_id is None or self.worker is None:
             return RunContext(idle=run.idle, depth=run.depth, on_capacity_wait=on_wait)
-        from coditect.engine.delegation import BatchDelegator
-
         inputs: dict[str, str] = {}
         if task.depends_on:
             job_ids = [job_id_for(run.batch_id, dep) for dep in task.depends_on]

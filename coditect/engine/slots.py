@@ -45,7 +45,7 @@ class Slot:
 
 
 class Slots:
-    """``size`` slots; ``on_free`` is called whenever one becomes free for a new claim."""
+    """``size`` slots; ``on_free`` is called when a slot becomes free for a new claim while none was."""
 
     def __init__(self, size: int, on_free: Callable[[], None]) -> None:
         self.size = size
@@ -68,8 +68,12 @@ class Slots:
             if not waiter.done():
                 waiter.set_result(None)  # the slot passes straight to a job leaving idle()
                 return
+        # With a slot free already, the claim loop is not waiting for one (it waits for work, and an
+        # enqueue wakes it): only the first free slot is news.
+        was_full = self.free == 0
         self.busy -= 1
-        self._on_free()
+        if was_full:
+            self._on_free()
 
     async def _take_back(self) -> None:
         if self.busy < self.size and not self._returning:

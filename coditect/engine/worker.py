@@ -35,6 +35,7 @@ from typing import Any
 
 from arq.utils import timestamp_ms
 from arq.worker import Worker
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from coditect.backoff import redis_backoff_s
@@ -104,6 +105,7 @@ class CoditectWorker(Worker):
         self._claims: dict[str, tuple[Claim, Slot]] = {}
         self._child_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._runner = JobRunner(self)
+        self._scripts: dict[str, AsyncScript] = {}
         self._refusals = RefusalLog()  # what Redis refuses (the ACL, memory) is said once, not every retry
         # A run_job wrapped by an integration (sentry-sdk's ARQ integration does) runs every job.
         self._run_job_entry: Callable[[Worker, str, int], Awaitable[None]] = run_job_entry(type(self))
@@ -142,6 +144,14 @@ class CoditectWorker(Worker):
             await self.on_shutdown(self.ctx)
         await self.pool.aclose(close_connection_pool=True)
         self._pool = None
+        self._scripts.clear()
+
+    def registered_script(self, name: str) -> AsyncScript:
+        """The Lua script ``name`` registered on this worker's pool (once: registering hashes it)."""
+        registered = self._scripts.get(name)
+        if registered is None:
+            registered = self._scripts[name] = self.pool.register_script(script(name))
+        return registered
 
     async def _log_server_info(self) -> None:
         await describe_server(self.pool, arq_log.info, PolicyCheck("worker"))
@@ -303,7 +313,7 @@ class CoditectWorker(Worker):
     def _job_done(self, job_id: str, slot: Slot, task: asyncio.Task[None]) -> None:
         if self.tasks.get(job_id) is task:
             del self.tasks[job_id]
-        slot.release()  # wakes the claim loop: a slot is free
+        slot.release()  # wakes the claim loop if it waited for a slot
         entry = self._claims.get(job_id)
         if entry is not None and entry[1] is slot:  # cancelled before it started
             del self._claims[job_id]

@@ -25,6 +25,39 @@ end
 
 local function bkey(b, part) return BATCH .. b .. (part or '') end
 
+-- A batch hash's counters. A script that ends many tasks in one call (finish.lua) sets C.counts = {}:
+-- its integer increments are summed there and written by flush_counts, one HINCRBY per counter
+-- instead of one per task and counter (in the order the counters were first met, as before, so a
+-- hash lists its fields as it did; float increments are replayed one by one, as Redis added them).
+-- Anything that reads counters flushes first.
+local function incr(meta, name, by, float)
+  local counts = C.counts
+  if not counts then
+    redis.call(float and 'HINCRBYFLOAT' or 'HINCRBY', meta, name, by)
+    return
+  end
+  local key = meta .. '\n' .. name
+  local entry = counts[key]
+  if not entry then
+    entry = {meta = meta, name = name, by = 0, floats = float and {} or nil}
+    counts[key] = entry
+    C.count_order[#C.count_order + 1] = entry
+  end
+  if float then entry.floats[#entry.floats + 1] = by else entry.by = entry.by + by end
+end
+
+local function flush_counts()
+  if not C.counts then return end
+  for _, entry in ipairs(C.count_order) do
+    if entry.floats then
+      for _, by in ipairs(entry.floats) do redis.call('HINCRBYFLOAT', entry.meta, entry.name, by) end
+    elseif entry.by ~= 0 then
+      redis.call('HINCRBY', entry.meta, entry.name, entry.by)
+    end
+  end
+  C.counts, C.count_order = {}, {}
+end
+
 -- (batch id, task id) of a coditect job id whose batch is recorded, else nil.
 local function batch_of(id)
   local b, t = string.match(id, JOB_ID_PATTERN)
@@ -77,6 +110,7 @@ local function set_ttl(b, ms)
 end
 
 local function finish_batch_if_done(b)
+  flush_counts()
   local meta = bkey(b)
   local n = redis.call('HMGET', meta, 'total', 'n_success', 'n_failed', 'n_timeout', 'n_cancelled', 'finished')
   local done = (tonumber(n[2]) or 0) + (tonumber(n[3]) or 0) + (tonumber(n[4]) or 0) + (tonumber(n[5]) or 0)
@@ -91,14 +125,14 @@ local function finish_batch_if_done(b)
 end
 
 local function add_totals(meta, prefix, u, cost)
-  if u.in_ ~= 0 then redis.call('HINCRBY', meta, prefix .. 'in', u.in_) end
-  if u.out ~= 0 then redis.call('HINCRBY', meta, prefix .. 'out', u.out) end
-  if u.cr ~= 0 then redis.call('HINCRBY', meta, prefix .. 'cache_read', u.cr) end
-  if u.cw ~= 0 then redis.call('HINCRBY', meta, prefix .. 'cache_write', u.cw) end
+  if u.in_ ~= 0 then incr(meta, prefix .. 'in', u.in_) end
+  if u.out ~= 0 then incr(meta, prefix .. 'out', u.out) end
+  if u.cr ~= 0 then incr(meta, prefix .. 'cache_read', u.cr) end
+  if u.cw ~= 0 then incr(meta, prefix .. 'cache_write', u.cw) end
   if cost then
-    if cost ~= 0 then redis.call('HINCRBYFLOAT', meta, prefix .. 'cost', cost) end
+    if cost ~= 0 then incr(meta, prefix .. 'cost', cost, true) end
   elseif u.in_ + u.out + u.cr + u.cw > 0 then  -- tokens of a model without a price (not a task that never ran)
-    redis.call('HINCRBY', meta, prefix .. 'unpriced', 1)
+    incr(meta, prefix .. 'unpriced', 1)
   end
 end
 
@@ -124,8 +158,8 @@ local function finalize(b, t, code, info)
   local meta = bkey(b)
   release(b, t)
   redis.call('HSET', state, t, code)
-  redis.call('HINCRBY', meta, 'n_' .. FINAL[code], 1)
-  if previous == 'r' then redis.call('HINCRBY', meta, 'n_running', -1) end
+  incr(meta, 'n_' .. FINAL[code], 1)
+  if previous == 'r' then incr(meta, 'n_running', -1) end
   local fields = {'attempt', tostring(info.attempt or 0), 'duration', tostring(info.duration or 0)}
   if info.usage then
     local u = info.usage

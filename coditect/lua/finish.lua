@@ -11,7 +11,9 @@
 -- keep-in-progress ms > 0 keeps the in-progress key that long (ARQ does it for cron jobs).
 -- #include batch
 configure(ARGV[3], KEYS[1], ARGV[2], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
+C.counts, C.count_order = {}, {}
 local requeued = 0
+local ended, seen = {}, {}  -- batches a task of which ended here: checked once, at the end
 for i = 8, #ARGV, 6 do
   local kind, id, payload, ttl, keep, info = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
   local in_progress = IN_PROGRESS .. id
@@ -43,7 +45,10 @@ for i = 8, #ARGV, 6 do
           local holder = redis.call('GET', IN_PROGRESS .. JOB_ID_PREFIX .. b .. ':' .. string.match(parent, '%S+'))
           if holder then redis.call('PUBLISH', WORKER_CHANNEL .. holder, id) end
         end
-        finish_batch_if_done(b)
+        if not seen[b] then
+          seen[b] = true
+          ended[#ended + 1] = b
+        end
       end
     end
   elseif redis.call('GET', in_progress) == ARGV[1] then
@@ -57,7 +62,7 @@ for i = 8, #ARGV, 6 do
       local state = redis.call('HGET', bkey(b, ':state'), t)
       if state == 'r' then
         redis.call('HSET', bkey(b, ':state'), t, 'q')
-        redis.call('HINCRBY', bkey(b), 'n_running', -1)
+        incr(bkey(b), 'n_running', -1)
       end
       if info ~= '' then
         local data = cjson.decode(info)
@@ -69,5 +74,7 @@ for i = 8, #ARGV, 6 do
     end
   end
 end
+flush_counts()
+for _, b in ipairs(ended) do finish_batch_if_done(b) end
 if requeued > 0 then redis.call('PUBLISH', ARGV[2], requeued) end
 return requeued

@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +17,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 import coditect.client.orchestrator as orchestrator
 from coditect.agents import AgentRegistry
 from coditect.client.orchestrator import BatchProgress, ProjectOrchestrator
+from coditect.client.waiter import RESULTS_WITH_EVENTS_MAX, BatchWaiter
 from coditect.errors import ConfigurationError, TaskInputError
-from coditect.models import AgentConfig, AgentTask, ExecutionStatus
+from coditect.models import AgentConfig, AgentTask, ExecutionResult, ExecutionStatus
 from coditect.settings import Settings
 from tests.support.fake_backend import wait_until
 
@@ -348,7 +349,7 @@ async def test_a_redis_outage_while_a_batch_runs_is_ridden_out(
     orch: ProjectOrchestrator, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = orch.store
-    real_submit, real_fetch = store.submit, store.fetch_results
+    real_submit, real_next_events = store.submit, BatchWaiter._next_events
     failed: list[str] = []
 
     async def submit(*args: Any, **kwargs: Any) -> Any:
@@ -357,22 +358,45 @@ async def test_a_redis_outage_while_a_batch_runs_is_ridden_out(
             raise RedisConnectionError("Connection reset by peer")
         return await real_submit(*args, **kwargs)
 
-    # The waiter of a batch that ends quickly reads no counters: the outage hits its result reads.
-    async def fetch_results(*args: Any, **kwargs: Any) -> Any:
-        if "fetch_results" not in failed:
-            failed.append("fetch_results")
+    # The waiter of a batch that ends quickly reads no counters: the outage hits its reads of events.
+    async def next_events(*args: Any, **kwargs: Any) -> Any:
+        if "events" not in failed:
+            failed.append("events")
             raise RedisConnectionError("Connection reset by peer")
-        return await real_fetch(*args, **kwargs)
+        return await real_next_events(*args, **kwargs)
 
     monkeypatch.setattr(store, "submit", submit)
-    monkeypatch.setattr(store, "fetch_results", fetch_results)
+    monkeypatch.setattr(BatchWaiter, "_next_events", next_events)
     caplog.set_level(logging.WARNING, logger="coditect.backoff")
 
     results = await orch.execute_tasks_parallel(tasks(3))
 
     assert [r.status for r in results] == [SUCCESS] * 3
-    assert failed == ["submit", "fetch_results"]
+    assert failed == ["submit", "events"]
     assert caplog.text.count("Redis unreachable (Connection reset by peer)") == 2
+
+
+async def test_a_small_batchs_results_come_with_its_events_and_a_large_ones_after_them(
+    orch: ProjectOrchestrator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = orch.store
+    real_fetch = store.fetch_results
+    fetched: list[int] = []
+
+    async def fetch_results(batch_id: str, task_ids: Sequence[str]) -> dict[str, ExecutionResult]:
+        fetched.append(len(task_ids))
+        return await real_fetch(batch_id, task_ids)
+
+    monkeypatch.setattr(store, "fetch_results", fetch_results)
+
+    small = await orch.execute_tasks_parallel(tasks(3))
+    assert [r.status for r in small] == [SUCCESS] * 3
+    assert fetched == []  # read in the same round trip as the events that said they ended
+
+    large = [AgentTask(id=f"l{i}", title=f"l{i}") for i in range(RESULTS_WITH_EVENTS_MAX + 1)]
+    results = await orch.execute_tasks_parallel(large)
+    assert [r.task_id for r in results] == [task.id for task in large]
+    assert sum(fetched) == len(large)
 
 
 async def test_a_batch_that_redis_lost_is_enqueued_again_by_its_submitter(orch: ProjectOrchestrator) -> None:

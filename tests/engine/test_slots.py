@@ -24,7 +24,7 @@ class Counter:
         self.count += 1
 
 
-def test_taking_and_releasing_counts_free_slots_and_tells_who_waits() -> None:
+def test_taking_and_releasing_counts_free_slots_and_tells_only_when_the_first_one_frees() -> None:
     freed = Counter()
     slots = Slots(2, freed)
 
@@ -34,7 +34,12 @@ def test_taking_and_releasing_counts_free_slots_and_tells_who_waits() -> None:
     first.release()  # once only
 
     assert (slots.free, slots.busy, freed.count) == (1, 1, 1)
-    second.release()
+    second.release()  # a slot was free already: the claim loop is not waiting for one
+    assert (slots.free, freed.count) == (2, 1)
+    third = slots.take()
+    slots.take().release()
+    assert freed.count == 2  # full again, then one freed
+    third.release()
     assert (slots.free, freed.count) == (2, 2)
 
 
