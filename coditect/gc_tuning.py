@@ -21,6 +21,7 @@ FROZEN_BATCH_MIN_TASKS = 1_000
 SETTLE_EVERY = 5_000
 
 _holders = 0
+_ours = False  # whether the freeze held for batches is coditect's to undo
 
 
 def freeze_after_startup() -> None:
@@ -33,24 +34,28 @@ def freeze_after_startup() -> None:
 def frozen_while_running(tasks: int) -> Iterator[None]:
     """While a batch of ``tasks`` is submitted and awaited, the objects alive at its start (the
     caller's tasks among them) are frozen; they go back to the collector when the last such batch
-    of the process ends, so garbage cycles among them are still collected then."""
-    global _holders
+    of the process ends, so garbage cycles among them are still collected then. A process that froze
+    objects itself (an app server after its imports, a worker after start-up) is left as it is:
+    ``gc.unfreeze()`` would thaw its objects too."""
+    global _holders, _ours
     if tasks < FROZEN_BATCH_MIN_TASKS:
         yield
         return
     if _holders == 0:
-        gc.freeze()
+        _ours = gc.get_freeze_count() == 0
+        if _ours:
+            gc.freeze()
     _holders += 1
     try:
         yield
     finally:
         _holders -= 1
-        if _holders == 0:
+        if _holders == 0 and _ours:
             gc.unfreeze()
 
 
 def settle() -> None:
     """While a batch holds the freeze: freeze what was made since (the results it keeps until it
     returns), so that full collections do not walk a growing pile of results either."""
-    if _holders:
+    if _holders and _ours:
         gc.freeze()

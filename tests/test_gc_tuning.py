@@ -54,3 +54,14 @@ def test_settling_freezes_what_came_since_only_while_a_batch_holds_the_freeze() 
         assert gc.get_freeze_count() >= before + len(kept)
 
     assert gc.get_freeze_count() == 0
+
+
+def test_a_process_that_froze_its_own_objects_keeps_them_frozen() -> None:
+    gc.freeze()  # as an app server does after its imports
+    own = gc.get_freeze_count()
+
+    with frozen_while_running(FROZEN_BATCH_MIN_TASKS):
+        settle()
+        assert gc.get_freeze_count() == own
+
+    assert gc.get_freeze_count() == own
