@@ -50,7 +50,9 @@ from tests.support.workers import WorkerProcess
 PEERS_VENV = REPO_ROOT / ".venv-peers"
 REQUIREMENTS = REPO_ROOT / "benchmarks" / "peer_apps" / "requirements.txt"
 DRIVER_TIMEOUT_S = 300.0
-RESUME_SETTLE_S = 0.2
+RESUME_SETTLE_S = (
+    1.0  # after a pause of up to a minute: heartbeats and timers catch up before the clock starts
+)
 TUNED_POLL_S = 0.01
 EXIT_OK, EXIT_FAILED = 0, 2
 
@@ -330,7 +332,7 @@ class Workers:
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         self.signal(signal.SIGCONT)
-        await asyncio.sleep(RESUME_SETTLE_S)  # timers and heartbeats catch up before the clock starts
+        await asyncio.sleep(RESUME_SETTLE_S)
         try:
             yield
         finally:
