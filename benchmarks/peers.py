@@ -54,6 +54,7 @@ RESUME_SETTLE_S = (
     1.0  # after a pause of up to a minute: heartbeats and timers catch up before the clock starts
 )
 TUNED_POLL_S = 0.01
+WARMUP_ROUND_TRIPS = {False: 20, True: 5}  # figure b's warm-up on each fresh worker
 EXIT_OK, EXIT_FAILED = 0, 2
 
 
@@ -177,6 +178,9 @@ class FigureSpec:
     jobs: dict[bool, int]  # {quick: count}
     reps: dict[bool, int]
     columns: tuple[Column, ...]
+    # Workers started anew for each repetition of each library, never paused, each run after a
+    # warm-up of its own: round trips of workers resumed after a pause had outliers of 0.2-1.2 s.
+    fresh_workers: bool = False
 
 
 FIGURES: dict[str, FigureSpec] = {
@@ -189,6 +193,7 @@ FIGURES: dict[str, FigureSpec] = {
         "b", "one job's round trip, 1 idle worker, sequential jobs", 1, 100, 0.0,
         {False: 200, True: 30}, {False: 3, True: 1},
         (Column("p50_ms", "p50 ms", 2), Column("p99_ms", "p99 ms", 2), Column("max_ms", "max ms", 1)),
+        fresh_workers=True,
     ),
     "c": FigureSpec(
         "c", "1 s sleeps: makespan (ideal 1.0 s)", 2, 500, 1.0,
@@ -207,6 +212,7 @@ class Row:
     jobs: int = 0
     values: dict[str, list[float]] = field(default_factory=dict)
     warmup: dict[str, float] = field(default_factory=dict)
+    cpu_s: list[dict[str, float]] = field(default_factory=list)  # per repetition: client, workers, redis
     error: str | None = None
 
     def add(self, measured: dict[str, float], *, warmup: bool) -> None:
@@ -243,6 +249,7 @@ class FigureOut:
                     "values": row.values,
                     "medians": {key: statistics.median(v) for key, v in row.values.items()},
                     "warmup": row.warmup,
+                    "cpu_s": row.cpu_s,
                     "error": row.error,
                     "waits": LIBRARIES[row.library].waits if row.library in LIBRARIES else "",
                 }
@@ -299,10 +306,12 @@ def cpu_s(pids: Sequence[int]) -> float:
 
 
 class Workers:
-    """One library's worker processes with their children: paused (SIGSTOP) unless being measured."""
+    """One library's worker processes with their children: paused (SIGSTOP) unless being measured,
+    when ``pausing``."""
 
-    def __init__(self, processes: list[WorkerProcess]) -> None:
+    def __init__(self, processes: list[WorkerProcess], *, pausing: bool = True) -> None:
         self.processes = processes
+        self.pausing = pausing
         self.tree: list[int] = []
 
     async def __aenter__(self) -> Workers:
@@ -313,7 +322,8 @@ class Workers:
             await self.stop()
             raise
         self.tree = process_tree([process.pid for process in self.processes])
-        self.signal(signal.SIGSTOP)
+        if self.pausing:
+            self.signal(signal.SIGSTOP)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -331,6 +341,9 @@ class Workers:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
+        if not self.pausing:
+            yield
+            return
         self.signal(signal.SIGCONT)
         await asyncio.sleep(RESUME_SETTLE_S)
         try:
@@ -415,7 +428,8 @@ class Contestant:
             }
         command = [library.binary(), *library.worker_args(spec.concurrency)]
         ready = "coditect worker ready" if library.name == "coditect" else READY_LINE
-        self.workers = Workers([WorkerProcess(env, command, ready_line=ready) for _ in range(spec.workers)])
+        processes = [WorkerProcess(env, command, ready_line=ready) for _ in range(spec.workers)]
+        self.workers = Workers(processes, pausing=not spec.fresh_workers)
         self.driver = Driver(library, env)
 
     async def __aenter__(self) -> Contestant:
@@ -431,56 +445,83 @@ class Contestant:
         await self.driver.__aexit__()
         await self.workers.stop()
 
-    async def run(self, command: dict[str, Any]) -> tuple[dict[str, Any], float]:
-        """Redis emptied, this library's workers resumed, one command: (the answer, CPU-s of workers and
-        Redis meanwhile)."""
+    async def run(self, command: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
+        """Redis emptied, this library's workers resumed, one command: the answer, and the CPU seconds
+        of the client, the workers and Redis meanwhile."""
         with redis.Redis.from_url(self.bench.redis_url) as client:
             client.flushdb()
         async with self.workers.running():
-            before = cpu_s(self.workers.tree) + self.bench.redis_cpu_s()
+            workers, redis_s = cpu_s(self.workers.tree), self.bench.redis_cpu_s()
             answer = await self.driver.ask(command)
-            after = cpu_s(self.workers.tree) + self.bench.redis_cpu_s()
-        return answer, after - before
+            workers, redis_s = cpu_s(self.workers.tree) - workers, self.bench.redis_cpu_s() - redis_s
+        return answer, {"client": answer["cpu_s"], "workers": workers, "redis": redis_s}
 
 
 async def measure(bench: Bench, spec: FigureSpec, libraries: Sequence[Library], quick: bool) -> FigureOut:
+    """Every library's warm-up, then the repetitions, libraries taking turns in each."""
     out = FigureOut(spec, spec.jobs[quick], spec.reps[quick])
     rows = {library.name: Row(library.name) for library in libraries}
     out.rows = list(rows.values())
+    if spec.fresh_workers:
+        for _ in range(out.reps):
+            for library in libraries:
+                if rows[library.name].error is None:
+                    async with _started(bench, library, spec, rows[library.name]) as contestant:
+                        if contestant is not None:
+                            await _one_run(contestant, rows[library.name], spec, quick, warmup=True)
+                            await _one_run(contestant, rows[library.name], spec, quick, warmup=False)
+        return out
     async with contextlib.AsyncExitStack() as stack:
-        contestants: dict[str, Contestant] = {}
+        contestants = {}
         for library in libraries:
-            print(f"      starting {library.name} ...", file=sys.stderr, flush=True)
-            try:
-                contestants[library.name] = await stack.enter_async_context(Contestant(bench, library, spec))
-            except Exception as err:
-                rows[library.name].error = f"could not start: {_describe(err)}"
-            else:
-                rows[library.name].versions = contestants[library.name].driver.versions
-        for rep in range(out.reps + 1):  # the first is the warm-up; libraries take turns in every repetition
+            contestant = await stack.enter_async_context(_started(bench, library, spec, rows[library.name]))
+            if contestant is not None:
+                contestants[library.name] = contestant
+        for rep in range(out.reps + 1):
             for name, contestant in contestants.items():
-                row = rows[name]
-                if row.error is not None:
-                    continue
-                jobs = out.jobs
-                cap = contestant.library.sequential_cap
-                if spec.key == "b" and cap is not None:
-                    jobs = min(jobs, cap[quick])
-                row.jobs = jobs
-                command: dict[str, Any] = (
-                    {"op": "round_trips", "count": jobs}
-                    if spec.key == "b"
-                    else {"op": "batch", "count": jobs, "sleep_s": spec.sleep_s}
-                )
-                try:
-                    answer, others_cpu = await contestant.run(command)
-                except WrongWork as err:
-                    row.error = f"WRONG RESULTS: {err}"
-                except Exception as err:
-                    row.error = f"could not run: {_describe(err)}"
-                else:
-                    row.add(figure_values(spec, jobs, answer, others_cpu), warmup=rep == 0)
+                await _one_run(contestant, rows[name], spec, quick, warmup=rep == 0)
     return out
+
+
+@contextlib.asynccontextmanager
+async def _started(
+    bench: Bench, library: Library, spec: FigureSpec, row: Row
+) -> AsyncIterator[Contestant | None]:
+    """The library's workers and client, or None (and the row's error) when they could not start."""
+    print(f"      starting {library.name} ...", file=sys.stderr, flush=True)
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            contestant = await stack.enter_async_context(Contestant(bench, library, spec))
+        except Exception as err:
+            row.error = f"could not start: {_describe(err)}"
+            yield None
+            return
+        row.versions = contestant.driver.versions
+        yield contestant
+
+
+async def _one_run(contestant: Contestant, row: Row, spec: FigureSpec, quick: bool, *, warmup: bool) -> None:
+    """One checked run recorded in ``row``; a failure is recorded there and ends the library's figure."""
+    if row.error is not None:
+        return
+    jobs = spec.jobs[quick]
+    cap = contestant.library.sequential_cap
+    if spec.key == "b":
+        jobs = min(jobs, WARMUP_ROUND_TRIPS[quick]) if warmup else min(jobs, cap[quick] if cap else jobs)
+        command: dict[str, Any] = {"op": "round_trips", "count": jobs}
+    else:
+        command = {"op": "batch", "count": jobs, "sleep_s": spec.sleep_s}
+    try:
+        answer, cpu = await contestant.run(command)
+    except WrongWork as err:
+        row.error = f"WRONG RESULTS: {err}"
+    except Exception as err:
+        row.error = f"could not run: {_describe(err)}"
+    else:
+        row.add(figure_values(spec, jobs, answer, cpu["workers"] + cpu["redis"]), warmup=warmup)
+        if not warmup:
+            row.jobs = jobs
+            row.cpu_s.append(cpu)
 
 
 def _describe(err: BaseException) -> str:
@@ -550,10 +591,15 @@ def table(figure: FigureOut) -> list[list[str]]:
 def figure_heading(figure: FigureOut) -> str:
     spec = figure.spec
     share = "?" if figure.others_cpu_share is None else f"{figure.others_cpu_share:.0%}"
+    warmup = (
+        f"on workers started anew each time, after {WARMUP_ROUND_TRIPS[False]} round trips to warm up"
+        if spec.fresh_workers
+        else "after a warm-up, the other libraries' workers paused"
+    )
     return (
         f"{spec.key}. {figure.jobs:,} jobs{f' x {spec.sleep_s:g} s sleep' if spec.sleep_s else ''}, "
         f"{spec.workers} worker process(es) x concurrency {spec.concurrency}: {spec.title}; "
-        f"median of {figure.reps} (min-max) after a warm-up; other processes used {share} of the CPU"
+        f"median of {figure.reps} (min-max) {warmup}; other processes used {share} of the CPU"
     )
 
 
