@@ -295,14 +295,19 @@ def process_tree(pids: Sequence[int]) -> list[int]:
     return tree
 
 
-def cpu_s(pids: Sequence[int]) -> float:
-    """User + system CPU seconds of these processes so far (those that have gone count 0)."""
-    total = 0
+def cpu_s(pids: Sequence[int]) -> dict[int, float]:
+    """User + system CPU seconds of each of these processes so far (those gone are left out)."""
+    found = {}
     for pid in pids:
         with contextlib.suppress(OSError, IndexError):
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / CLOCK_TICKS
+            found[pid] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+    return found
+
+
+def cpu_since(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds used between two readings, by the processes alive at the second."""
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
 
 
 class Workers:
@@ -321,7 +326,7 @@ class Workers:
         except BaseException:
             await self.stop()
             raise
-        self.tree = process_tree([process.pid for process in self.processes])
+        self.find_tree()
         if self.pausing:
             self.signal(signal.SIGSTOP)
         return self
@@ -329,8 +334,15 @@ class Workers:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
+    def find_tree(self) -> list[int]:
+        """The processes and their children now, and any seen before (taskiq's parent replaces a
+        child that it finds unresponsive, and one paused with the others would be left paused)."""
+        roots = [process.pid for process in self.processes if process.process]
+        self.tree = list(dict.fromkeys([*self.tree, *process_tree(roots)]))
+        return self.tree
+
     def signal(self, signum: int) -> None:
-        for pid in self.tree:
+        for pid in self.find_tree():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
 
@@ -451,10 +463,11 @@ class Contestant:
         with redis.Redis.from_url(self.bench.redis_url) as client:
             client.flushdb()
         async with self.workers.running():
-            workers, redis_s = cpu_s(self.workers.tree), self.bench.redis_cpu_s()
+            workers, redis_s = cpu_s(self.workers.find_tree()), self.bench.redis_cpu_s()
             answer = await self.driver.ask(command)
-            workers, redis_s = cpu_s(self.workers.tree) - workers, self.bench.redis_cpu_s() - redis_s
-        return answer, {"client": answer["cpu_s"], "workers": workers, "redis": redis_s}
+            after = cpu_s(self.workers.find_tree())
+            workers_s, redis_s = cpu_since(workers, after), self.bench.redis_cpu_s() - redis_s
+        return answer, {"client": answer["cpu_s"], "workers": workers_s, "redis": redis_s}
 
 
 async def measure(bench: Bench, spec: FigureSpec, libraries: Sequence[Library], quick: bool) -> FigureOut:
