@@ -95,7 +95,8 @@ LIBRARIES: dict[str, Library] = {
             "coditect",
             "coditect",
             False,
-            "execute_tasks_parallel (one Lua call per 500 jobs; results as workers finish them)",
+            "execute_tasks_parallel: the batch in one script call (up to 5,000), "
+            "results read as its events arrive",
             lambda _: [
                 "coditect.jobs.WorkerSettings",
                 "--custom-log-dict",
