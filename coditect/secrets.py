@@ -69,8 +69,16 @@ _SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 
 
+# Text that none of the patterns above can match, as most log lines are, skips them: each needs
+# "sk-", "://" or one of these words (matched with the same case rules), and looking for them costs a
+# tenth of the eight substitutions.
+_SECRET_WORDS = re.compile(r"(?i)[abp](?:earer|pi|assword=)")
+
+
 def redact_secrets(text: str) -> str:
     """``text`` with every API key, bearer token and URL password replaced by ``***`` (patterns only)."""
+    if "sk-" not in text and "://" not in text and _SECRET_WORDS.search(text) is None:
+        return text
     for pattern, replacement in _SECRET_PATTERNS:
         text = pattern.sub(replacement, text)
     return text

@@ -232,3 +232,27 @@ def test_the_executor_registers_its_secrets_for_the_log_filter() -> None:
     assert registered_redactor().redact_known(f"x {key[:20]} y") == "x *** y"
     register_secrets([key])  # again: nothing changes
     assert registered_redactor().redact_known(key) == "***"
+
+
+def test_redact_secrets_skips_only_text_no_pattern_can_match() -> None:
+    """The quick look for "sk-", "://" and the patterns' words answers as the eight patterns would,
+    with the regex engine's case rules (the long s matches 's', the Kelvin sign 'k')."""
+    import coditect.secrets as module
+
+    def every_pattern(text: str) -> str:
+        for pattern, replacement in module._SECRET_PATTERNS:
+            text = pattern.sub(replacement, text)
+        return text
+
+    pieces = [
+        "sk-", "ant-", "a" * 24, "://", "redis", "u:", "pw@", "BEARER ", "Bearer\t", "\u017f", "\u212a",
+        "\u0130", "api", "AP\u0130", "_key", "-key", "=", ":", "'", '"', " ", "?", "&", "password=",
+        "PA\u017f\u017fWORD=", "x-", "abcdefgh12345678", "***", "/", "@",
+    ]  # fmt: skip
+    rng = random.Random(7)
+    for _ in range(20_000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 12)))
+        assert redact_secrets(text) == every_pattern(text), text
+    assert redact_secrets("  0.00s → coditect:b:t1:execute_task({'id': 't1'})") == (
+        "  0.00s → coditect:b:t1:execute_task({'id': 't1'})"
+    )

@@ -234,7 +234,8 @@ class RateLimiter:
         return found
 
     def applies_to(self, provider: str, model: str) -> bool:
-        return bool(self._charges_for(provider, model))
+        # Without a limits file every call asks this: answered before any lookup.
+        return bool(self.limits) and bool(self._charges_for(provider, model))
 
     def estimate_input_tokens(
         self, provider: str, model: str, system: str, messages: Sequence[Message]
