@@ -22,7 +22,6 @@ import contextlib
 import inspect
 import itertools
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -38,18 +37,17 @@ from benchmarks.harness import (
     BATCH_TIMEOUT_S,
     BIN_DIR,
     ENGINE_LINE,
-    ENV_PREFIXES,
     REPO_ROOT,
     BatchRun,
     Bench,
     WrongResults,
+    bench_session,
     check_results,
     fresh_batch,
     make_tasks,
     rss_mb,
     run_arq_jobs,
     run_batch,
-    started_redis,
     unique_batch_id,
     wait_for_line,
     warm_then_measure,
@@ -765,15 +763,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     out_dir = args.output_dir.resolve()
-    for name in [name for name in os.environ if name.startswith(ENV_PREFIXES)]:
-        del os.environ[name]  # the benchmark's own settings only, in this process and in its workers
     specs = [FIGURES[name] for name in dict.fromkeys(args.only or FIGURES)]
-    with (
-        tempfile.TemporaryDirectory(prefix="coditect-bench-") as workdir,
-        contextlib.chdir(workdir),  # workers inherit a working directory without any .env
-        started_redis(Path(workdir) / "redis") as server,
-    ):
-        bench = Bench(redis_url=server.url, quick=args.quick)
+    with bench_session("coditect-bench-", quick=args.quick) as (bench, server):
         machine = machine_info(server, quick=args.quick)
         results = []
         for number, spec in enumerate(specs, 1):

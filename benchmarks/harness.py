@@ -6,9 +6,11 @@ Nothing here measures a figure by itself; ``executor_performance.py`` composes t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
+import tempfile
 import time
 import uuid
 from collections import Counter
@@ -138,6 +140,20 @@ class Bench:
         return WorkerPool(
             [WorkerProcess(env, command, ready_line=ARQ_BASELINE_READY_LINE) for _ in range(count)]
         )
+
+
+@contextmanager
+def bench_session(prefix: str, *, quick: bool) -> Iterator[tuple[Bench, RedisServer]]:
+    """A benchmark run's surroundings: only its own settings in the environment (its workers inherit
+    it), a fresh working directory without any .env, and its own redis-server."""
+    for name in [name for name in os.environ if name.startswith(ENV_PREFIXES)]:
+        del os.environ[name]
+    with (
+        tempfile.TemporaryDirectory(prefix=prefix) as workdir,
+        contextlib.chdir(workdir),
+        started_redis(Path(workdir) / "redis") as server,
+    ):
+        yield Bench(redis_url=server.url, quick=quick), server
 
 
 @contextmanager

@@ -30,7 +30,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +40,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: find benchmarks/, tests/
 
-from benchmarks.harness import BIN_DIR, ENV_PREFIXES, REPO_ROOT, WORKER_START_TIMEOUT_S, Bench, started_redis
+from benchmarks.harness import BIN_DIR, REPO_ROOT, WORKER_START_TIMEOUT_S, Bench, bench_session
 from benchmarks.metrics import CLOCK_TICKS, CpuSample
 from benchmarks.peer_apps.common import READY_LINE
 from benchmarks.report import loadavg, machine_info
@@ -714,14 +713,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     libraries = [LIBRARIES[name] for name in dict.fromkeys(args.libraries or LIBRARIES)]
     if any(library.peers_venv for library in libraries):
         ensure_peers_venv(fresh=args.setup)
-    for name in [name for name in os.environ if name.startswith(ENV_PREFIXES)]:
-        del os.environ[name]  # the benchmark's own settings only, in this process and in its workers
-    with (
-        tempfile.TemporaryDirectory(prefix="coditect-peers-") as workdir,
-        contextlib.chdir(workdir),  # workers inherit a working directory without any .env
-        started_redis(Path(workdir) / "redis") as server,
-    ):
-        bench = Bench(redis_url=server.url, quick=args.quick)
+    with bench_session("coditect-peers-", quick=args.quick) as (bench, server):
         machine = machine_info(server, quick=args.quick)
         figures = []
         for spec in specs:
