@@ -10,6 +10,8 @@
 -- and its event stream EVENTS..b; every event also goes to the global stream EVENTS_ALL.
 -- C is the call's configuration: now (ms), queue, wake (channel), maxlen (of the streams),
 -- keep_ms (of a finished batch), expiry_ms (of a job key), worker (name for events).
+-- A call reads some things once and keeps them in C (see batch_of, has_part, unabort): each cache
+-- notes what the call itself writes, and no other client writes while a script runs.
 
 local C = {}
 local FINAL = {s = 'success', f = 'failed', t = 'timeout', c = 'cancelled'}
@@ -21,6 +23,7 @@ local function configure(now, queue, wake, maxlen, keep_ms, expiry_ms, worker)
   C.now, C.queue, C.wake = tonumber(now), queue, wake
   C.maxlen, C.keep_ms, C.expiry_ms, C.worker = maxlen, tonumber(keep_ms), tonumber(expiry_ms), worker
   C.woken = false
+  C.batches, C.parts, C.abort = {}, {}, nil
 end
 
 local function bkey(b, part) return BATCH .. b .. (part or '') end
@@ -58,19 +61,72 @@ local function flush_counts()
   C.counts, C.count_order = {}, {}
 end
 
--- (batch id, task id) of a coditect job id whose batch is recorded, else nil.
+-- (batch id, task id) of a coditect job id whose batch is recorded, else nil. Whether a batch is
+-- recorded is read once per call (set_ttl forgets it: a zero keep deletes the batch).
 local function batch_of(id)
   local b, t = string.match(id, JOB_ID_PATTERN)
-  if b and redis.call('EXISTS', BATCH .. b) == 1 then return b, t end
+  if not b then return nil end
+  local known = C.batches[b]
+  if known == nil then
+    known = redis.call('EXISTS', BATCH .. b) == 1
+    C.batches[b] = known
+  end
+  if known then return b, t end
   return nil
 end
 
+-- Whether batch b's part (':parents', ':dependants', ':reserved') exists, read once per call: a
+-- batch without delegation, dependencies or a budget skips the per-task reads of that part. Only
+-- submit.lua writes :dependants, delegate.lua :parents (both call mark_part), budget.lua :reserved;
+-- a part that empties within the call reads as an absent field, as it did.
+local function has_part(b, part)
+  local key = b .. part
+  local known = C.parts[key]
+  if known == nil then
+    known = redis.call('EXISTS', BATCH .. key) == 1
+    C.parts[key] = known
+  end
+  return known
+end
+
+local function mark_part(b, part) C.parts[b .. part] = true end
+
+-- ZREM of the job from the abort set (1 when it was there), skipped while the set does not exist.
+local function unabort(id)
+  if C.abort == nil then C.abort = redis.call('EXISTS', ABORT) == 1 end
+  if not C.abort then return 0 end
+  return redis.call('ZREM', ABORT, id)
+end
+
+-- Runs `cmd key items...` in as few calls as unpack allows (it stops near 8,000 values); a chunk of
+-- 4,000 keeps pairs together.
+local function bulk(cmd, key, items)
+  for first = 1, #items, 4000 do
+    redis.call(cmd, key, unpack(items, first, math.min(first + 3999, #items)))
+  end
+end
+
+-- The jobs a finish call has done leave the queue and the lease index in one call each, after its
+-- loop (C.unqueue, set by finish.lua), or before the call puts one of them back in the queue.
+local function flush_unqueue()
+  local ids = C.unqueue
+  if not ids or #ids == 0 then return end
+  for first = 1, #ids, 4000 do
+    local last = math.min(first + 3999, #ids)
+    redis.call('ZREM', C.queue, unpack(ids, first, last))
+    redis.call('ZREM', C.leases, unpack(ids, first, last))
+  end
+  C.unqueue, C.unqueued = {}, {}
+end
+
 local function emit(b, kind, t, fields)
-  local args = {'type', kind, 'batch', b}
-  if t then args[#args + 1] = 'task'; args[#args + 1] = t end
-  for i = 1, #fields do args[#args + 1] = fields[i] end
-  C.last_event = redis.call('XADD', EVENTS .. b, 'MAXLEN', '~', C.maxlen, '*', unpack(args))
-  redis.call('XADD', EVENTS_ALL, 'MAXLEN', '~', C.maxlen, '*', unpack(args))
+  local args = {EVENTS .. b, 'MAXLEN', '~', C.maxlen, '*', 'type', kind, 'batch', b}
+  local n = 9
+  if t then args[10] = 'task'; args[11] = t; n = 11 end
+  for i = 1, #fields do args[n + i] = fields[i] end
+  C.last_event = redis.call('XADD', unpack(args))
+  args[1] = EVENTS_ALL
+  redis.call('XADD', unpack(args))
 end
 
 local function wake()
@@ -97,6 +153,7 @@ end
 
 local function enqueue(b, t, task)
   local id = JOB_ID_PREFIX .. b .. ':' .. t
+  if C.unqueued and C.unqueued[id] then flush_unqueue() end
   redis.call('SET', JOB .. id, envelope(task), 'PX', C.expiry_ms)
   redis.call('ZADD', C.queue, C.now, id)
   redis.call('HSET', bkey(b, ':state'), t, 'q')
@@ -107,6 +164,7 @@ end
 local function set_ttl(b, ms)
   for _, part in ipairs(PARTS) do redis.call('PEXPIRE', bkey(b, part), ms) end
   redis.call('PEXPIRE', EVENTS .. b, ms)
+  C.batches[b] = nil
 end
 
 local function finish_batch_if_done(b)
@@ -138,6 +196,7 @@ end
 
 -- Gives back what task t reserved against its batch's budget (when it ends or goes back to the queue).
 local function release(b, t)
+  if not has_part(b, ':reserved') then return end
   local held = redis.call('HGET', bkey(b, ':reserved'), t)
   if not held then return end
   local usd, tokens = string.match(held, '(%S+) (%S+)')
@@ -175,7 +234,7 @@ local function finalize(b, t, code, info)
     if info[name] and info[name] ~= '' then fields[#fields + 1] = name; fields[#fields + 1] = info[name] end
   end
   emit(b, EVENT[code], t, fields)
-  local dependants = redis.call('HGET', bkey(b, ':dependants'), t)
+  local dependants = has_part(b, ':dependants') and redis.call('HGET', bkey(b, ':dependants'), t)
   if dependants then
     local cancelled = redis.call('HGET', meta, 'cancelled')
     for d in string.gmatch(dependants, '%S+') do
@@ -216,6 +275,7 @@ cancel_tree = function(b, t, code, reason, inherit)
     local state = redis.call('HGET', bkey(b, ':state'), task)
     if state == 'r' then
       redis.call('ZADD', ABORT, C.now, JOB_ID_PREFIX .. b .. ':' .. task)
+      C.abort = true
     elseif not (state and FINAL[state]) then
       local id, result, agent = unrun_result(b, task, FINAL[code], why)
       if state == 'q' then
