@@ -17,13 +17,30 @@ local C = {}
 local FINAL = {s = 'success', f = 'failed', t = 'timeout', c = 'cancelled'}
 local CODE = {success = 's', failed = 'f', timeout = 't', cancelled = 'c'}
 local EVENT = {s = 'task.succeeded', f = 'task.failed', t = 'task.timeout', c = 'task.cancelled'}
+local COUNTER = {s = 'n_success', f = 'n_failed', t = 'n_timeout', c = 'n_cancelled'}
+local LABELS = {'agent', 'model', 'worker', 'error'}
 local PARTS = {'', ':tasks', ':order', ':state', ':waiting', ':dependants', ':parents', ':reserved'}
 
+-- A number's conversion to text costs about as much as a redis.call: now, keep_ms and expiry_ms are
+-- converted once (they are only ever written, as Redis would have converted them), other numbers
+-- through text().
 local function configure(now, queue, wake, maxlen, keep_ms, expiry_ms, worker)
-  C.now, C.queue, C.wake = tonumber(now), queue, wake
-  C.maxlen, C.keep_ms, C.expiry_ms, C.worker = maxlen, tonumber(keep_ms), tonumber(expiry_ms), worker
+  C.now, C.queue, C.wake = tostring(tonumber(now)), queue, wake
+  C.maxlen, C.worker = maxlen, worker
+  C.keep_ms, C.expiry_ms = tostring(tonumber(keep_ms)), tostring(tonumber(expiry_ms))
   C.woken = false
   C.batches, C.parts, C.abort = {}, {}, nil
+end
+
+-- tostring(n), remembered for the call (attempts and token counts repeat).
+local TEXT = {}
+local function text(n)
+  if n == 0 then return 1 / n < 0 and '-0' or '0' end  -- 0 and -0 are one key
+  local s = TEXT[n]
+  if s then return s end
+  s = tostring(n)
+  if type(n) == 'number' and n == n then TEXT[n] = s end  -- (NaN is no key)
+  return s
 end
 
 local function bkey(b, part) return BATCH .. b .. (part or '') end
@@ -39,11 +56,15 @@ local function incr(meta, name, by, float)
     redis.call(float and 'HINCRBYFLOAT' or 'HINCRBY', meta, name, by)
     return
   end
-  local key = meta .. '\n' .. name
-  local entry = counts[key]
+  local of_meta = counts[meta]
+  if not of_meta then
+    of_meta = {}
+    counts[meta] = of_meta
+  end
+  local entry = of_meta[name]
   if not entry then
     entry = {meta = meta, name = name, by = 0, floats = float and {} or nil}
-    counts[key] = entry
+    of_meta[name] = entry
     C.count_order[#C.count_order + 1] = entry
   end
   if float then entry.floats[#entry.floats + 1] = by else entry.by = entry.by + by end
@@ -182,15 +203,33 @@ local function finish_batch_if_done(b)
   set_ttl(b, C.keep_ms)
 end
 
-local function add_totals(meta, prefix, u, cost)
-  if u.in_ ~= 0 then incr(meta, prefix .. 'in', u.in_) end
-  if u.out ~= 0 then incr(meta, prefix .. 'out', u.out) end
-  if u.cr ~= 0 then incr(meta, prefix .. 'cache_read', u.cr) end
-  if u.cw ~= 0 then incr(meta, prefix .. 'cache_write', u.cw) end
+-- The counter names of the totals under prefix kind .. name .. ':' (kind '' for the batch's own).
+local TOTALS = {}
+local function totals_of(kind, name)
+  local of_kind = TOTALS[kind]
+  if not of_kind then
+    of_kind = {}
+    TOTALS[kind] = of_kind
+  end
+  local names = of_kind[name]
+  if not names then
+    local prefix = kind == '' and '' or (kind .. name .. ':')
+    names = {prefix .. 'in', prefix .. 'out', prefix .. 'cache_read', prefix .. 'cache_write', prefix .. 'cost',
+      prefix .. 'unpriced'}
+    of_kind[name] = names
+  end
+  return names
+end
+
+local function add_totals(meta, names, u, cost)
+  if u.in_ ~= 0 then incr(meta, names[1], u.in_) end
+  if u.out ~= 0 then incr(meta, names[2], u.out) end
+  if u.cr ~= 0 then incr(meta, names[3], u.cr) end
+  if u.cw ~= 0 then incr(meta, names[4], u.cw) end
   if cost then
-    if cost ~= 0 then incr(meta, prefix .. 'cost', cost, true) end
+    if cost ~= 0 then incr(meta, names[5], cost, true) end
   elseif u.in_ + u.out + u.cr + u.cw > 0 then  -- tokens of a model without a price (not a task that never ran)
-    incr(meta, prefix .. 'unpriced', 1)
+    incr(meta, names[6], 1)
   end
 end
 
@@ -217,20 +256,21 @@ local function finalize(b, t, code, info)
   local meta = bkey(b)
   release(b, t)
   redis.call('HSET', state, t, code)
-  incr(meta, 'n_' .. FINAL[code], 1)
+  incr(meta, COUNTER[code], 1)
   if previous == 'r' then incr(meta, 'n_running', -1) end
-  local fields = {'attempt', tostring(info.attempt or 0), 'duration', tostring(info.duration or 0)}
+  local fields = {'attempt', text(info.attempt or 0), 'duration', text(info.duration or 0)}
   if info.usage then
     local u = info.usage
-    add_totals(meta, '', u, info.cost)
-    if info.agent and info.agent ~= '' then add_totals(meta, 'agent:' .. info.agent .. ':', u, info.cost) end
-    if info.model and info.model ~= '' then add_totals(meta, 'model:' .. info.model .. ':', u, info.cost) end
-    for _, f in ipairs({'in', u.in_, 'out', u.out, 'cache_read', u.cr, 'cache_write', u.cw}) do
-      fields[#fields + 1] = tostring(f)
-    end
-    fields[#fields + 1] = 'cost'; fields[#fields + 1] = info.cost and tostring(info.cost) or ''
+    add_totals(meta, totals_of('', ''), u, info.cost)
+    if info.agent and info.agent ~= '' then add_totals(meta, totals_of('agent:', info.agent), u, info.cost) end
+    if info.model and info.model ~= '' then add_totals(meta, totals_of('model:', info.model), u, info.cost) end
+    local n = #fields
+    fields[n + 1] = 'in'; fields[n + 2] = text(u.in_); fields[n + 3] = 'out'; fields[n + 4] = text(u.out)
+    fields[n + 5] = 'cache_read'; fields[n + 6] = text(u.cr); fields[n + 7] = 'cache_write'
+    fields[n + 8] = text(u.cw)
+    fields[n + 9] = 'cost'; fields[n + 10] = info.cost and text(info.cost) or ''
   end
-  for _, name in ipairs({'agent', 'model', 'worker', 'error'}) do
+  for _, name in ipairs(LABELS) do
     if info[name] and info[name] ~= '' then fields[#fields + 1] = name; fields[#fields + 1] = info[name] end
   end
   emit(b, EVENT[code], t, fields)

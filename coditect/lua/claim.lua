@@ -18,6 +18,7 @@ local now = tonumber(ARGV[1])
 local lease = tonumber(ARGV[2])
 local want = tonumber(ARGV[3])
 configure(ARGV[1], KEYS[1], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[5])
+local deadline, lease_ms, retry_ttl = tostring(now + lease), tostring(lease), tostring(RETRY_TTL_S)
 local claimed = {}
 local budgets = {}  -- batch id -> 1 when it has a budget, else 0 (read once per call)
 local function budget_of(b)
@@ -56,10 +57,10 @@ local function claim(ids, scores)
       problem = 'retry counter ' .. RETRY .. id .. ' is unusable: ' .. tostring(try.err)
       try = 0
     else
-      redis.call('EXPIRE', RETRY .. id, RETRY_TTL_S)
+      redis.call('EXPIRE', RETRY .. id, retry_ttl)
     end
-    redis.call('SET', IN_PROGRESS .. id, ARGV[4], 'PX', lease)
-    leases[2 * i - 1] = now + lease
+    redis.call('SET', IN_PROGRESS .. id, ARGV[4], 'PX', lease_ms)
+    leases[2 * i - 1] = deadline
     leases[2 * i] = id
     local aborted = ARGV[10] == '1' and unabort(id) or 0
     claimed[#claimed + 1] = {id, payloads[i] or '', try, scores[i], aborted, 0, problem, 0}
@@ -108,7 +109,7 @@ local function claim(ids, scores)
         if parent then row[6] = tonumber(string.match(parent, '%S+%s+(%d+)')) or 0 end
       end
       row[8] = budget_of(b)
-      emit(b, 'task.started', t, {'attempt', tostring(row[3]), 'worker', C.worker})
+      emit(b, 'task.started', t, {'attempt', text(row[3]), 'worker', C.worker})
     end
   end
 end
@@ -118,11 +119,12 @@ local function remembered()
     local last, items = LAST_CLAIM .. ARGV[4], {seq}
     for _, row in ipairs(claimed) do  -- at most MAX_CLAIM rows: well within unpack's limit
       items[#items + 1] = row[1]
-      items[#items + 1] = row[3] .. ' ' .. row[4] .. ' ' .. row[5] .. ' ' .. row[6] .. ' ' .. row[8] .. ' ' .. row[7]
+      items[#items + 1] = text(row[3]) .. ' ' .. row[4] .. ' ' .. text(row[5]) .. ' ' .. text(row[6]) .. ' ' ..
+        text(row[8]) .. ' ' .. row[7]
     end
     redis.call('DEL', last)
     redis.call('RPUSH', last, unpack(items))
-    redis.call('PEXPIRE', last, lease)
+    redis.call('PEXPIRE', last, lease_ms)
   end
   return claimed
 end

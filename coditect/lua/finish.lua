@@ -70,7 +70,7 @@ for i = 8, #ARGV, 6 do
       end
       if info ~= '' then
         local data = cjson.decode(info)
-        local fields = {'attempt', tostring(data.attempt or 0), 'worker', C.worker}
+        local fields = {'attempt', text(data.attempt or 0), 'worker', C.worker}
         if data.error then fields[#fields + 1] = 'error'; fields[#fields + 1] = data.error end
         if data.delay then fields[#fields + 1] = 'delay'; fields[#fields + 1] = tostring(data.delay) end
         emit(b, data.event, t, fields)
