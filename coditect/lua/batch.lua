@@ -43,7 +43,27 @@ local function text(n)
   return s
 end
 
-local function bkey(b, part) return BATCH .. b .. (part or '') end
+-- A batch's key names, built once per call and batch ([1]: its event stream).
+local NAMES = {}
+local function names_of(b)
+  local names = NAMES[b]
+  if not names then
+    names = {EVENTS .. b}
+    NAMES[b] = names
+  end
+  return names
+end
+
+local function bkey(b, part)
+  local names = names_of(b)
+  part = part or ''
+  local key = names[part]
+  if not key then
+    key = BATCH .. b .. part
+    names[part] = key
+  end
+  return key
+end
 
 -- A batch hash's counters. A script that ends many tasks in one call (finish.lua) sets C.counts = {}:
 -- its integer increments are summed there and written by flush_counts, one HINCRBY per counter
@@ -101,16 +121,16 @@ end
 -- submit.lua writes :dependants, delegate.lua :parents (both call mark_part), budget.lua :reserved;
 -- a part that empties within the call reads as an absent field, as it did.
 local function has_part(b, part)
-  local key = b .. part
+  local key = bkey(b, part)
   local known = C.parts[key]
   if known == nil then
-    known = redis.call('EXISTS', BATCH .. key) == 1
+    known = redis.call('EXISTS', key) == 1
     C.parts[key] = known
   end
   return known
 end
 
-local function mark_part(b, part) C.parts[b .. part] = true end
+local function mark_part(b, part) C.parts[bkey(b, part)] = true end
 
 -- ZREM of the job from the abort set (1 when it was there), skipped while the set does not exist.
 local function unabort(id)
@@ -141,7 +161,7 @@ local function flush_unqueue()
 end
 
 local function emit(b, kind, t, fields)
-  local args = {EVENTS .. b, 'MAXLEN', '~', C.maxlen, '*', 'type', kind, 'batch', b}
+  local args = {names_of(b)[1], 'MAXLEN', '~', C.maxlen, '*', 'type', kind, 'batch', b}
   local n = 9
   if t then args[10] = 'task'; args[11] = t; n = 11 end
   for i = 1, #fields do args[n + i] = fields[i] end

@@ -48,7 +48,7 @@ local function claim(ids, scores)
   local keys = {}
   for i = 1, n do keys[i] = JOB .. ids[i] end
   local payloads = mget(keys)
-  local leases, tasks, groups, batches = {}, {}, {}, {}
+  local leases, tasks, of_batch, groups, batches = {}, {}, {}, {}, {}
   for i = 1, n do
     local id = ids[i]
     local try = redis.pcall('INCR', RETRY .. id)
@@ -66,7 +66,7 @@ local function claim(ids, scores)
     claimed[#claimed + 1] = {id, payloads[i] or '', try, scores[i], aborted, 0, problem, 0}
     local b, t = batch_of(id)
     if b then
-      tasks[i] = t
+      tasks[i], of_batch[i] = t, b
       local group = groups[b]
       if not group then
         group = {}
@@ -95,8 +95,7 @@ local function claim(ids, scores)
   for i = 1, n do
     local t = tasks[i]
     if t then
-      local id, row = ids[i], claimed[#claimed - n + i]
-      local b = string.match(id, JOB_ID_PATTERN)
+      local id, row, b = ids[i], claimed[#claimed - n + i], of_batch[i]
       if not payloads[i] then  -- evicted or lost with Redis data: the batch still holds the task
         local task = redis.call('HGET', bkey(b, ':tasks'), t)
         if task then
