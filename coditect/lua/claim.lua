@@ -31,6 +31,7 @@ local function budget_of(b)
   return known
 end
 local function mget(keys)
+  if #keys <= 4000 then return redis.call('MGET', unpack(keys)) end
   local values = {}
   for first = 1, #keys, 4000 do
     for _, v in ipairs(redis.call('MGET', unpack(keys, first, math.min(first + 3999, #keys)))) do
