@@ -40,7 +40,7 @@ def freeze_after_startup() -> None:
     Full collections also come ten times less often. CPython holds one back until the objects that
     reached the oldest generation since the last one are a quarter of those it kept then; frozen
     objects no longer count there, so with thousands of jobs in flight (each a few dozen objects that
-    live as long as the job) every tenth middle collection walked all of them again: ~40 % of a
+    live as long as the job) every tenth middle collection walked all of them again: ~30 % of a
     worker's CPU in a batch of 10,000 one-second tasks. Young garbage is collected as before."""
     gc.collect()
     gc.freeze()
