@@ -23,6 +23,7 @@ from arq.connections import ArqRedis
 from redis.exceptions import RedisError
 
 from coditect.backoff import REDIS_DOWN, Outage
+from coditect.client.held import HeldConnections
 from coditect.clock import now_ms
 from coditect.errors import BackendUnavailableError, RedisOutageError
 from coditect.keys import (
@@ -183,18 +184,23 @@ class BatchStore:
         self.queue_name = queue_name
         self.keep_result_s = keep_result_s
         self.events_max_len = events_max_len
+        self.held = HeldConnections(redis.connection_pool)
         self._submit = redis.register_script(script("submit"))
         self._cancel = redis.register_script(script("cancel"))
         self._discard = redis.register_script(script("discard"))
+        self._config = (
+            wake_channel(queue_name),
+            events_max_len,
+            keep_result_s * 1000,
+            max(keep_result_s * 1000, JOB_EXPIRY_EXTRA_MS),
+        )
+
+    async def close(self) -> None:
+        """Give the connections it holds back to the pool (before the pool closes)."""
+        await self.held.close()
 
     def _head(self) -> list[Any]:
-        return [
-            now_ms(),
-            wake_channel(self.queue_name),
-            self.events_max_len,
-            self.keep_result_s * 1000,
-            max(self.keep_result_s * 1000, JOB_EXPIRY_EXTRA_MS),
-        ]
+        return [now_ms(), *self._config]
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -243,7 +249,7 @@ class BatchStore:
                 )
                 for row in part:
                     args += row
-                status, count, event_id = await self._submit(keys=[self.queue_name], args=args)
+                status, count, event_id = await self.held.run(self._submit, [self.queue_name], args)
                 if start == 0 and not int(status):
                     return Submitted(batch_id, created=False, added=0, last_event_id="")
                 added += int(count)
@@ -318,8 +324,11 @@ class BatchStore:
     # -- reading ------------------------------------------------------------------------------
 
     async def summary(self, batch_id: str) -> BatchSummary | None:
-        raw = await self.redis.hgetall(BATCH_KEY_PREFIX + batch_id)  # type: ignore[misc]
-        return summary_from(batch_id, raw) if raw else None
+        (flat,) = await self.held.call(("HGETALL", BATCH_KEY_PREFIX + batch_id))
+        if not flat:
+            return None
+        pairs = iter(flat)
+        return summary_from(batch_id, dict(zip(pairs, pairs, strict=True)))
 
     async def exists(self, batch_id: str) -> bool:
         """Whether the batch's record is in Redis (it goes when it expires, or when Redis loses its data)."""
@@ -350,7 +359,7 @@ class BatchStore:
         """Results of whichever of ``task_ids`` have one, in a round trip per ``CHUNK``."""
         found: dict[str, ExecutionResult] = {}
         for chunk in _chunks(task_ids):
-            values = await self.redis.mget(result_keys(batch_id, chunk))
+            (values,) = await self.held.call(("MGET", *result_keys(batch_id, chunk)))
             found.update(read_results(batch_id, chunk, values))
         return found
 

@@ -104,6 +104,8 @@ class ProjectOrchestrator:
         )
 
     async def close(self) -> None:
+        if self._store is not None:
+            await self._store.close()
         self._store = None
         if self._embedded is not None:
             await self._embedded.stop()

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Sequence
 
 from coditect.backoff import REDIS_DOWN, Outage
 from coditect.client.batches import BatchStore, BatchSummary, read_results, result_keys
-from coditect.client.events import READ_COUNT, Event, events_from_reply, read_events, stream_key
+from coditect.client.events import READ_COUNT, EventsRead, scan_events, stream_key
 from coditect.client.progress import PROGRESS_INTERVAL_S, BatchProgress, ProgressCallback
 from coditect.engine.registry import live_workers
 from coditect.errors import CoditectError
@@ -72,6 +72,7 @@ class BatchWaiter:
         self._note = ""
         self._done = 0
         self._next_worker_check = 0.0
+        self._stream = stream_key(batch_id)
         # A small batch's results are read in the same round trip as its events (see _next_events).
         self._expected = list(task_ids) if len(task_ids) <= RESULTS_WITH_EVENTS_MAX else []
 
@@ -99,7 +100,7 @@ class BatchWaiter:
                         if done and len(self._seen) < summary.done:
                             found += await self._settle()
                     if not done:
-                        events, fresh = await self._next_events(last, next_tick)
+                        read, fresh = await self._next_events(last, next_tick)
                         found += fresh
                 outage.over()
             except REDIS_DOWN as err:  # includes TimeoutError
@@ -110,46 +111,43 @@ class BatchWaiter:
             if done:
                 return
             finished = False
-            if events:
-                last = events[-1].id
-                ended = next((event for event in events if event.type == "batch.finished"), None)
-                if ended is not None:
-                    if self.on_progress is None and len(self._seen) >= _ended_count(ended):
+            if read.last:
+                last = read.last
+                if read.ended is not None:
+                    if self.on_progress is None and len(self._seen) >= read.ended:
                         return  # every result is in hand: no need to read the counters again
                     finished = True
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 raise DeadlineReached(f"batch {self.batch_id}: deadline reached")
 
-    async def _next_events(self, last: str, next_tick: float) -> tuple[list[Event], list[ExecutionResult]]:
+    async def _next_events(self, last: str, next_tick: float) -> tuple[EventsRead, list[ExecutionResult]]:
         """The events after ``last`` (waiting until the next tick at most), and the results of the
         tasks whose final event is among them."""
         block_s = max(0.001, next_tick - time.monotonic())
         if self.deadline is not None:
             block_s = min(block_s, max(0.001, self.deadline - time.monotonic()))
         block_ms = max(1, int(block_s * 1000))
+        xread = ("XREAD", "COUNT", READ_COUNT, "BLOCK", block_ms, "STREAMS", self._stream, last)
         watched = [task for task in self._expected if task not in self._seen]
+        found: list[ExecutionResult] = []
         if watched:
             # The results of the tasks still awaited, read right after the events in one round trip: a
             # result and its task's final event are written by one script call, so a final event read
             # here finds its result, and a one-task batch takes no read after the event.
-            async with self.store.redis.pipeline(transaction=False) as pipe:
-                pipe.xread({stream_key(self.batch_id): last}, count=READ_COUNT, block=block_ms)
-                pipe.mget(result_keys(self.batch_id, watched))
-                reply, values = await pipe.execute()
-            events = events_from_reply(reply)
-            early = read_results(self.batch_id, watched, values)
+            reply, values = await self.store.held.call(xread, ("MGET", *result_keys(self.batch_id, watched)))
+            if any(value is not None for value in values):
+                early = read_results(self.batch_id, watched, values)
+                self._seen.update(early)
+                found += early.values()
         else:
-            events = await read_events(self.store.redis, self.batch_id, last, block_ms=block_ms)
-            early = {}
-        self._seen.update(early)
-        found = list(early.values())
-        ended = [event.task_id for event in events if event.is_final and event.task_id]
-        fresh = [task for task in ended if task not in self._seen]
+            (reply,) = await self.store.held.call(xread)
+        read = scan_events(reply)
+        fresh = [task for task in read.final_tasks if task not in self._seen]
         if fresh:
             late = await self.store.fetch_results(self.batch_id, fresh)
             self._seen.update(late)
             found += late.values()
-        return events, found
+        return read, found
 
     async def _tick(self) -> BatchSummary:
         summary = await self.store.summary(self.batch_id)
@@ -194,8 +192,3 @@ class BatchWaiter:
             self._seen.update(found)
             results += found.values()
         return results
-
-
-def _ended_count(event: Event) -> int:
-    """How many tasks a ``batch.finished`` event says ended (any status)."""
-    return sum(int(event.data.get(status, 0)) for status in ("success", "failed", "timeout", "cancelled"))
