@@ -76,6 +76,8 @@ class ProjectOrchestrator:
         self._store: BatchStore | None = None
         self._policy = PolicyCheck("orchestrator")
         self._info_refused = False
+        self._url_of: Settings | None = None
+        self._redacted_url = ""
 
     async def __aenter__(self) -> ProjectOrchestrator:
         await self.open()
@@ -221,7 +223,11 @@ class ProjectOrchestrator:
 
     @property
     def _url(self) -> str:
-        return "" if self.settings.embedded else redact_url(self.settings.redis_url)
+        """The Redis URL for messages, without its password (worked out once per settings object)."""
+        if self._url_of is not self.settings:
+            self._url_of = self.settings
+            self._redacted_url = "" if self.settings.embedded else redact_url(self.settings.redis_url)
+        return self._redacted_url
 
     async def run_batch(
         self,
