@@ -15,18 +15,18 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from redis._parsers import Encoder
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
-from redis.typing import EncodableT
+from redis.exceptions import DataError, NoScriptError, ResponseError
 
 __all__ = ["IDLE_CHECK_S", "HeldConnections"]
 
 # A connection idle longer than this is checked (as the pool would) before its next call.
 IDLE_CHECK_S = 1.0
 
-Command = Sequence[EncodableT]
+Command = Sequence[str | bytes | int | float]
 
 
 class HeldConnections:
@@ -44,7 +44,7 @@ class HeldConnections:
         reply is raised once every reply has been read."""
         connection = await self._take()
         try:
-            await connection.send_packed_command(connection.pack_commands(commands))
+            await connection.send_packed_command(_packed(commands, connection.encoder))
             replies: list[Any] = []
             for _ in commands:
                 try:
@@ -67,7 +67,7 @@ class HeldConnections:
         try:
             (reply,) = await self.call(command)
         except NoScriptError:
-            await self.call(("SCRIPT", "LOAD", script.script))
+            await script.registered_client.script_load(script.script)
             (reply,) = await self.call(command)
         return reply
 
@@ -85,6 +85,28 @@ class HeldConnections:
         if time.monotonic() - since > IDLE_CHECK_S:
             await _check(connection)
         return connection
+
+
+def _packed(commands: Sequence[Command], encoder: Encoder) -> bytes:
+    """``commands`` in Redis's protocol, as redis-py's ``pack_commands`` writes them (~3x faster: a
+    batch's submit is tens of thousands of arguments)."""
+    encoding, errors = encoder.encoding, encoder.encoding_errors
+    out: list[bytes] = []
+    for command in commands:
+        out.append(b"*%d\r\n" % len(command))
+        for arg in command:
+            if type(arg) is str:
+                data = arg.encode(encoding, errors)
+            elif isinstance(arg, bytes):
+                data = arg
+            elif isinstance(arg, int | float) and not isinstance(arg, bool):
+                data = repr(arg).encode()
+            else:
+                raise DataError(
+                    f"cannot send {type(arg).__name__} {arg!r} to Redis: only str, bytes, int, float"
+                )
+            out += (b"$%d\r\n" % len(data), data, b"\r\n")
+    return b"".join(out)
 
 
 async def _check(connection: AbstractConnection) -> None:
