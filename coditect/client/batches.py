@@ -17,9 +17,10 @@ import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from arq.connections import ArqRedis
+from pydantic import BaseModel, ConfigDict
 from redis.exceptions import RedisError
 
 from coditect.backoff import REDIS_DOWN, Outage
@@ -434,10 +435,29 @@ def read_results(
 ) -> dict[str, ExecutionResult]:
     """The results among ``values`` (an MGET of ``result_keys(batch_id, task_ids)``), by task id."""
     return {
-        task_id: _shared_strings(result_from_arq(raw, job_id_for(batch_id, task_id)))
+        task_id: _shared_strings(_result(batch_id, task_id, raw))
         for task_id, raw in zip(task_ids, values, strict=True)
         if raw is not None
     }
+
+
+class _Returned(BaseModel):
+    """What a record of a task job that returned holds of its ExecutionResult."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    s: Literal[True]
+    r: ExecutionResult
+
+
+def _result(batch_id: str, task_id: str, raw: bytes) -> ExecutionResult:
+    """The result in a record: pydantic reads a returned result straight from the JSON (~6 us, not the
+    ~17 of a JSON tree and then a model); anything else (an error, a record that is not JSON) is
+    ``result_from_arq``'s to read."""
+    try:
+        return _Returned.model_validate_json(raw).r
+    except ValueError:
+        return result_from_arq(raw, job_id_for(batch_id, task_id))
 
 
 def _shared_strings(result: ExecutionResult) -> ExecutionResult:
