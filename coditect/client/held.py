@@ -21,7 +21,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, NoScriptError, ResponseError
 
-__all__ = ["IDLE_CHECK_S", "HeldConnections"]
+__all__ = ["IDLE_CHECK_S", "Command", "HeldConnections", "Replies"]
 
 # A connection idle longer than this is checked (as the pool would) before its next call.
 IDLE_CHECK_S = 1.0
@@ -42,40 +42,62 @@ class HeldConnections:
     async def call(self, *commands: Command) -> list[Any]:
         """The replies to ``commands``, sent in one write (a pipeline without its objects). An error
         reply is raised once every reply has been read."""
+        replies = await self.send(*commands)
+        read: list[Any] = []
+        while replies.left:
+            try:
+                read.append(await replies.next())
+            except ResponseError as err:
+                read.append(err)
+        for reply in read:
+            if isinstance(reply, ResponseError):
+                raise reply
+        return read
+
+    async def send(self, *commands: Command) -> Replies:
+        """Send ``commands`` in one write; their replies are read one by one from what this returns,
+        which holds the connection until every reply is read or it is dropped."""
         connection = await self._take()
         try:
             await connection.send_packed_command(_packed(commands, connection.encoder))
-            replies: list[Any] = []
-            for _ in commands:
-                try:
-                    replies.append(await connection.read_response())
-                except ResponseError as err:
-                    replies.append(err)
         except BaseException:
             await connection.disconnect(nowait=True)
+            self._give_back(connection)
             raise
-        finally:
-            self._idle.append((connection, time.monotonic()))
-        for reply in replies:
-            if isinstance(reply, ResponseError):
-                raise reply
-        return replies
+        return Replies(self, connection, len(commands))
 
     async def run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """``script`` with ``keys`` and ``args`` (EVALSHA; loaded first if Redis does not have it)."""
-        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
-        try:
-            (reply,) = await self.call(command)
-        except NoScriptError:
-            await script.registered_client.script_load(script.script)
-            (reply,) = await self.call(command)
+        reply, _ = await self.run_then(script, keys, args)
         return reply
+
+    async def run_then(
+        self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any], *then: Command
+    ) -> tuple[Any, Replies]:
+        """``run``, with the commands ``then`` sent in the same write (Redis runs them right after the
+        script): the script's reply, and the replies to ``then``, to read or drop."""
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        replies = await self.send(command, *then)
+        try:
+            try:
+                return await replies.next(), replies
+            except NoScriptError:
+                await replies.drop()
+            await script.registered_client.script_load(script.script)
+            replies = await self.send(command, *then)
+            return await replies.next(), replies
+        except BaseException:
+            await replies.drop()
+            raise
 
     async def close(self) -> None:
         """Give the connections back to the pool."""
         idle, self._idle = self._idle, []
         for connection, _ in idle:
             await self._pool.release(connection)
+
+    def _give_back(self, connection: AbstractConnection) -> None:
+        self._idle.append((connection, time.monotonic()))
 
     async def _take(self) -> AbstractConnection:
         if not self._idle:
@@ -85,6 +107,47 @@ class HeldConnections:
         if time.monotonic() - since > IDLE_CHECK_S:
             await _check(connection)
         return connection
+
+
+class Replies:
+    """The replies still to come to commands sent on a held connection (``HeldConnections.send``)."""
+
+    def __init__(self, owner: HeldConnections, connection: AbstractConnection, count: int) -> None:
+        self._owner = owner
+        self._connection: AbstractConnection | None = connection
+        self.left = count
+
+    async def next(self) -> Any:
+        """The next reply; an error reply is raised (the replies after it can still be read)."""
+        connection = self._connection
+        if connection is None:
+            raise RuntimeError("no reply left to read")
+        try:
+            reply = await connection.read_response()
+        except ResponseError:
+            self._read_one()
+            raise
+        except BaseException:
+            await self.drop()
+            raise
+        self._read_one()
+        return reply
+
+    async def drop(self) -> None:
+        """Give the connection back, disconnected first if replies are still to come (its next user
+        would read them). Does nothing once every reply has been read."""
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        if self.left:
+            await connection.disconnect(nowait=True)
+        self._owner._give_back(connection)
+
+    def _read_one(self) -> None:
+        self.left -= 1
+        if not self.left and self._connection is not None:
+            self._owner._give_back(self._connection)
+            self._connection = None
 
 
 def _packed(commands: Sequence[Command], encoder: Encoder) -> bytes:

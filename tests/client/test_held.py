@@ -106,3 +106,25 @@ def test_packed_as_redis_py_packs(command: tuple[str | bytes | int | float, ...]
 def test_packed_refuses_what_redis_py_refuses(value: object) -> None:
     with pytest.raises(DataError):
         held._packed([("SET", "k", value)], Connection().encoder)  # type: ignore[list-item]
+
+
+async def test_replies_dropped_before_they_are_read_do_not_reach_the_next_call(redis: ArqRedis) -> None:
+    lines = HeldConnections(redis.connection_pool)
+    replies = await lines.send(("SET", "a", "1"), ("XREAD", "BLOCK", 5000, "STREAMS", "s", "$"), ("GET", "a"))
+    assert await replies.next() == b"OK"
+    await replies.drop()
+    await redis.xadd("s", {"f": "v"})
+    assert await lines.call(("GET", "a")) == [b"1"]
+    await replies.drop()  # once more: nothing to do
+    await lines.close()
+
+
+async def test_a_script_sent_with_commands_after_it_is_loaded_again(redis: ArqRedis) -> None:
+    lines = HeldConnections(redis.connection_pool)
+    script = redis.register_script("return redis.call('INCR', KEYS[1])")
+    await redis.script_flush()
+    reply, replies = await lines.run_then(script, ["n"], [], ("GET", "n"))
+    assert reply == 1
+    assert await replies.next() == b"1"
+    assert replies.left == 0
+    await lines.close()
