@@ -155,20 +155,25 @@ def _packed(commands: Sequence[Command], encoder: Encoder) -> bytes:
     batch's submit is tens of thousands of arguments)."""
     encoding, errors = encoder.encoding, encoder.encoding_errors
     out: list[bytes] = []
+    append = out.append
     for command in commands:
-        out.append(b"*%d\r\n" % len(command))
+        append(b"*%d\r\n" % len(command))
         for arg in command:
             if type(arg) is str:
                 data = arg.encode(encoding, errors)
-            elif isinstance(arg, bytes):
+            elif type(arg) is bytes:
                 data = arg
+            elif isinstance(arg, str):
+                data = arg.encode(encoding, errors)
+            elif isinstance(arg, bytes):
+                data = bytes(arg)
             elif isinstance(arg, int | float) and not isinstance(arg, bool):
                 data = repr(arg).encode()
             else:
                 raise DataError(
                     f"cannot send {type(arg).__name__} {arg!r} to Redis: only str, bytes, int, float"
                 )
-            out += (b"$%d\r\n" % len(data), data, b"\r\n")
+            append(b"$%d\r\n%b\r\n" % (len(data), data))
     return b"".join(out)
 
 

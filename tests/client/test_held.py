@@ -13,6 +13,7 @@ from redis.exceptions import DataError, ResponseError
 
 import coditect.client.held as held
 from coditect.client.held import HeldConnections
+from coditect.models import ExecutionStatus
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -92,7 +93,7 @@ async def test_close_gives_the_connections_back_to_the_pool(redis: ArqRedis) -> 
 @pytest.mark.parametrize(
     "command",
     [
-        ("EVALSHA", "a" * 40, 1, "q", 123, -4, 1.5, "", "é ü", b"\x00\xff"),
+        ("EVALSHA", "a" * 40, 1, "q", 123, -4, 1.5, "", "é ü", b"\x00\xff", ExecutionStatus.SUCCESS),
         ("XREAD", "COUNT", 1000, "BLOCK", 200, "STREAMS", "coditect:events:b", "0-0"),
     ],
 )
