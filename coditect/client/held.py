@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from redis._parsers import Encoder
+import hiredis
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -59,7 +59,7 @@ class HeldConnections:
         which holds the connection until every reply is read or it is dropped."""
         connection = await self._take()
         try:
-            await connection.send_packed_command(_packed(commands, connection.encoder))
+            await connection.send_packed_command(_packed(commands))
         except BaseException:
             await connection.disconnect(nowait=True)
             self._give_back(connection)
@@ -150,31 +150,22 @@ class Replies:
             self._connection = None
 
 
-def _packed(commands: Sequence[Command], encoder: Encoder) -> bytes:
-    """``commands`` in Redis's protocol, as redis-py's ``pack_commands`` writes them (~3x faster: a
-    batch's submit is tens of thousands of arguments)."""
-    encoding, errors = encoder.encoding, encoder.encoding_errors
-    out: list[bytes] = []
-    append = out.append
-    for command in commands:
-        append(b"*%d\r\n" % len(command))
-        for arg in command:
-            if type(arg) is str:
-                data = arg.encode(encoding, errors)
-            elif type(arg) is bytes:
-                data = arg
-            elif isinstance(arg, str):
-                data = arg.encode(encoding, errors)
-            elif isinstance(arg, bytes):
-                data = bytes(arg)
-            elif isinstance(arg, int | float) and not isinstance(arg, bool):
-                data = repr(arg).encode()
-            else:
-                raise DataError(
-                    f"cannot send {type(arg).__name__} {arg!r} to Redis: only str, bytes, int, float"
-                )
-            append(b"$%d\r\n%b\r\n" % (len(data), data))
-    return b"".join(out)
+def _packed(commands: Sequence[Command]) -> bytes:
+    """``commands`` in Redis's protocol, as redis-py's ``pack_commands`` writes them, by hiredis in C
+    (a third of the time of packing in Python; a batch's submit is tens of thousands of arguments)."""
+    try:
+        # hiredis types its argument as a 1-tuple; it takes any number of arguments.
+        return b"".join([hiredis.pack_command(tuple(command)) for command in commands])  # type: ignore[arg-type]
+    except TypeError:  # hiredis refuses what redis-py refuses: None, bool, lists
+        bad = next(
+            arg
+            for command in commands
+            for arg in command
+            if isinstance(arg, bool) or not isinstance(arg, str | bytes | int | float)
+        )
+        raise DataError(
+            f"cannot send {type(bad).__name__} {bad!r} to Redis: only str, bytes, int, float"
+        ) from None
 
 
 async def _check(connection: AbstractConnection) -> None:

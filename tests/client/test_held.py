@@ -100,13 +100,13 @@ async def test_close_gives_the_connections_back_to_the_pool(redis: ArqRedis) -> 
 def test_packed_as_redis_py_packs(command: tuple[str | bytes | int | float, ...]) -> None:
     connection = Connection()
     expected = b"".join(connection.pack_commands([command, ("MGET", "x")]))
-    assert held._packed([command, ("MGET", "x")], connection.encoder) == expected
+    assert held._packed([command, ("MGET", "x")]) == expected
 
 
 @pytest.mark.parametrize("value", [True, None, ["a"]])
 def test_packed_refuses_what_redis_py_refuses(value: object) -> None:
     with pytest.raises(DataError):
-        held._packed([("SET", "k", value)], Connection().encoder)  # type: ignore[list-item]
+        held._packed([("SET", "k", value)])  # type: ignore[list-item]
 
 
 async def test_replies_dropped_before_they_are_read_do_not_reach_the_next_call(redis: ArqRedis) -> None:
