@@ -5,20 +5,36 @@ from collections.abc import Iterator
 
 import pytest
 
-from coditect.gc_tuning import FROZEN_BATCH_MIN_TASKS, freeze_after_startup, frozen_while_running, settle
+from coditect.gc_tuning import (
+    FROZEN_BATCH_MIN_TASKS,
+    WORKER_FULL_COLLECTION_EVERY,
+    freeze_after_startup,
+    frozen_while_running,
+    settle,
+)
 
 
 @pytest.fixture(autouse=True)
 def _thawed() -> Iterator[None]:
+    thresholds = gc.get_threshold()
     gc.unfreeze()
     yield
     gc.unfreeze()
+    gc.set_threshold(*thresholds)
 
 
 def test_a_worker_freezes_what_start_up_made() -> None:
     freeze_after_startup()
 
     assert gc.get_freeze_count() > 0
+
+
+def test_a_worker_collects_in_full_less_often_and_the_young_generations_as_before() -> None:
+    young, middle, _ = gc.get_threshold()
+
+    freeze_after_startup()
+
+    assert gc.get_threshold() == (young, middle, WORKER_FULL_COLLECTION_EVERY)
 
 
 def test_a_small_batch_freezes_nothing() -> None:

@@ -22,9 +22,11 @@ __all__ = [
     "FINAL_EVENTS",
     "READ_COUNT",
     "Event",
+    "EventsRead",
     "events_from_reply",
     "follow_events",
     "read_events",
+    "scan_events",
     "stream_key",
 ]
 
@@ -45,6 +47,8 @@ _INTS = frozenset(
     }
 )
 _FLOATS = frozenset({"duration", "delay", "cost"})
+_FINAL_TYPES = frozenset(kind.encode() for kind in FINAL_EVENTS)
+_FINISHED_COUNTS = (b"success", b"failed", b"timeout", b"cancelled")
 
 
 def stream_key(batch_id: str | None) -> str:
@@ -123,6 +127,37 @@ def events_from_reply(reply: Any) -> list[Event]:
         return []
     ((_, entries),) = reply
     return [Event.from_entry(entry_id, fields) for entry_id, fields in entries]
+
+
+@dataclass(frozen=True, slots=True)
+class EventsRead:
+    """What a waiter needs of a read of a batch's events: the last id (empty when there was none),
+    the tasks whose final event was read, and how many tasks ended when ``batch.finished`` was read."""
+
+    last: str = ""
+    final_tasks: list[str] = field(default_factory=list)
+    ended: int | None = None
+
+
+def scan_events(reply: Any) -> EventsRead:
+    """An XREAD reply for one stream, as Redis sent it (no redis-py callback), scanned for what a
+    waiter needs: no ``Event`` is built for each of thousands of events."""
+    if not reply:
+        return EventsRead()
+    ((_, entries),) = reply
+    final_tasks: list[str] = []
+    ended = None
+    for _, flat in entries:
+        pairs = iter(flat or ())
+        fields = dict(zip(pairs, pairs, strict=True))
+        kind = fields.get(b"type")
+        if kind in _FINAL_TYPES:
+            task = fields.get(b"task")
+            if task:
+                final_tasks.append(task.decode())
+        elif kind == b"batch.finished":
+            ended = sum(int(fields.get(status, 0)) for status in _FINISHED_COUNTS)
+    return EventsRead(entries[-1][0].decode(), final_tasks, ended)
 
 
 async def follow_events(

@@ -21,9 +21,16 @@ from coditect.backoff import outlasting_outages
 from coditect.client.batches import BatchStore, BatchSummary, Submitted
 from coditect.client.events import Event, follow_events, read_events
 from coditect.client.graph import check_batch, dependency_order, dependency_waves
+from coditect.client.held import Command, Replies
 from coditect.client.memory import MEMORY_CHECK_MIN_BYTES, check_room, estimated_bytes
-from coditect.client.progress import BatchProgress, ProgressCallback
-from coditect.client.waiter import RESULTS_WITH_EVENTS_MAX, BatchLost, BatchWaiter, DeadlineReached
+from coditect.client.progress import PROGRESS_INTERVAL_S, BatchProgress, ProgressCallback
+from coditect.client.waiter import (
+    RESULTS_WITH_EVENTS_MAX,
+    BatchLost,
+    BatchWaiter,
+    DeadlineReached,
+    first_read_commands,
+)
 from coditect.connections import create_redis_pool, redact_url
 from coditect.errors import TaskInputError
 from coditect.gc_tuning import SETTLE_EVERY, frozen_while_running, settle
@@ -76,6 +83,8 @@ class ProjectOrchestrator:
         self._store: BatchStore | None = None
         self._policy = PolicyCheck("orchestrator")
         self._info_refused = False
+        self._url_of: Settings | None = None
+        self._redacted_url = ""
 
     async def __aenter__(self) -> ProjectOrchestrator:
         await self.open()
@@ -104,6 +113,8 @@ class ProjectOrchestrator:
         )
 
     async def close(self) -> None:
+        if self._store is not None:
+            await self._store.close()
         self._store = None
         if self._embedded is not None:
             await self._embedded.stop()
@@ -182,7 +193,12 @@ class ProjectOrchestrator:
         return (await self._submit(tasks, batch_id, name, budget)).batch_id
 
     async def _submit(
-        self, tasks: Sequence[AgentTask], batch_id: str | None, name: str, budget: Budget
+        self,
+        tasks: Sequence[AgentTask],
+        batch_id: str | None,
+        name: str,
+        budget: Budget,
+        then: Sequence[Command] = (),
     ) -> Submitted:
         # Scripts are checked where they run: here, for the embedded workers; workers elsewhere have
         # their own scripts folder, and a missing script fails its task there.
@@ -196,7 +212,9 @@ class ProjectOrchestrator:
         with refusals(self._url, doing=f"batch {batch_id} was not enqueued"):
             await self._check_room(batch_id, ordered)
             submitted = await outlasting_outages(
-                lambda: self.store.submit(batch_id, ordered, fields={"name": name, **budget.fields()}),
+                lambda: self.store.submit(
+                    batch_id, ordered, fields={"name": name, **budget.fields()}, then=then
+                ),
                 REDIS_REPLY_TIMEOUT_S * (1 + len(tasks) // 500),
             )
         if submitted.created:
@@ -219,7 +237,11 @@ class ProjectOrchestrator:
 
     @property
     def _url(self) -> str:
-        return "" if self.settings.embedded else redact_url(self.settings.redis_url)
+        """The Redis URL for messages, without its password (worked out once per settings object)."""
+        if self._url_of is not self.settings:
+            self._url_of = self.settings
+            self._redacted_url = "" if self.settings.embedded else redact_url(self.settings.redis_url)
+        return self._redacted_url
 
     async def run_batch(
         self,
@@ -237,20 +259,38 @@ class ProjectOrchestrator:
         budget, tasks that would start once it is spent end ``cancelled`` ("budget exhausted")."""
         with refusals(self._url), frozen_while_running(len(tasks)):
             budget = Budget(budget_usd=budget_usd, budget_tokens=budget_tokens)
-            submitted = await self._submit(tasks, batch_id, name, budget)
-            if not submitted.created:  # the batch exists: follow it, if it is this batch
-                recorded = set(await self.store.task_ids(submitted.batch_id))
-                extra = [task.id for task in tasks if task.id not in recorded]
-                if extra:
-                    raise TaskInputError(
-                        f"batch {submitted.batch_id!r} exists with other tasks (it has no {extra[0]!r}); "
-                        "choose another batch id",
-                        field="batch_id",
-                    )
-            since = submitted.last_event_id if submitted.created else "0-0"
-            deadline = None if timeout_s is None else time.monotonic() + timeout_s
-            found = await self._gather(submitted.batch_id, tasks, since, deadline, on_progress)
+            batch_id = batch_id or new_batch_id()
+            then = self._first_read(batch_id, tasks, timeout_s) if on_progress is None else ()
+            submitted = await self._submit(tasks, batch_id, name, budget, then)
+            try:
+                if not submitted.created:  # the batch exists: follow it, if it is this batch
+                    recorded = set(await self.store.task_ids(submitted.batch_id))
+                    extra = [task.id for task in tasks if task.id not in recorded]
+                    if extra:
+                        raise TaskInputError(
+                            f"batch {submitted.batch_id!r} exists with other tasks (it has no {extra[0]!r}); "
+                            "choose another batch id",
+                            field="batch_id",
+                        )
+                since = submitted.last_event_id if submitted.created else "0-0"
+                deadline = None if timeout_s is None else time.monotonic() + timeout_s
+                found = await self._gather(
+                    submitted.batch_id, tasks, since, deadline, on_progress, submitted.then_replies
+                )
+            finally:
+                if submitted.then_replies is not None:
+                    await submitted.then_replies.drop()
             return [found[task.id] for task in tasks]
+
+    def _first_read(
+        self, batch_id: str, tasks: Sequence[AgentTask], timeout_s: float | None
+    ) -> tuple[Command, ...]:
+        """The waiter's first read, to send with a small batch's submit (``first_read_commands``).
+        Not in the embedded mode, whose Redis runs commands as its own loop turns come."""
+        if self.settings.embedded or not 0 < len(tasks) <= RESULTS_WITH_EVENTS_MAX:
+            return ()
+        block_s = PROGRESS_INTERVAL_S if timeout_s is None else min(PROGRESS_INTERVAL_S, timeout_s)
+        return first_read_commands(batch_id, [task.id for task in tasks], block_s)
 
     async def _gather(
         self,
@@ -259,6 +299,7 @@ class ProjectOrchestrator:
         since: str,
         deadline: float | None,
         on_progress: ProgressCallback | None,
+        first_read: Replies | None,
     ) -> dict[str, ExecutionResult]:
         found: dict[str, ExecutionResult] = {}
         expired = False
@@ -266,8 +307,9 @@ class ProjectOrchestrator:
         while True:
             waiter = BatchWaiter(
                 self.store, batch_id, since=since, on_progress=on_progress, deadline=deadline,
-                watch_workers=not self.settings.embedded, task_ids=awaited,
+                watch_workers=not self.settings.embedded, task_ids=awaited, first_read=first_read,
             )  # fmt: skip
+            first_read = None
             try:
                 async for result in waiter.results():
                     found[result.task_id] = result

@@ -15,13 +15,14 @@ from collections.abc import AsyncIterator, Sequence
 
 from coditect.backoff import REDIS_DOWN, Outage
 from coditect.client.batches import BatchStore, BatchSummary, read_results, result_keys
-from coditect.client.events import READ_COUNT, Event, events_from_reply, read_events, stream_key
+from coditect.client.events import READ_COUNT, EventsRead, scan_events, stream_key
+from coditect.client.held import Command, Replies
 from coditect.client.progress import PROGRESS_INTERVAL_S, BatchProgress, ProgressCallback
 from coditect.engine.registry import live_workers
 from coditect.errors import CoditectError
 from coditect.models import ExecutionResult
 
-__all__ = ["BatchLost", "BatchWaiter", "DeadlineReached"]
+__all__ = ["BatchLost", "BatchWaiter", "DeadlineReached", "first_read_commands"]
 
 WORKER_CHECK_S = 2.0
 # Up to this many tasks, the waiter reads the results it still awaits with every read of events.
@@ -59,6 +60,7 @@ class BatchWaiter:
         deadline: float | None = None,
         watch_workers: bool = False,
         task_ids: Sequence[str] = (),
+        first_read: Replies | None = None,
     ) -> None:
         self.store = store
         self.batch_id = batch_id
@@ -72,8 +74,11 @@ class BatchWaiter:
         self._note = ""
         self._done = 0
         self._next_worker_check = 0.0
+        self._stream = stream_key(batch_id)
         # A small batch's results are read in the same round trip as its events (see _next_events).
         self._expected = list(task_ids) if len(task_ids) <= RESULTS_WITH_EVENTS_MAX else []
+        # The replies to first_read_commands(batch_id, task_ids, ...), sent with the batch's submit.
+        self._first_read = first_read if self._expected else None
 
     async def results(self) -> AsyncIterator[ExecutionResult]:
         last = self.since
@@ -99,7 +104,7 @@ class BatchWaiter:
                         if done and len(self._seen) < summary.done:
                             found += await self._settle()
                     if not done:
-                        events, fresh = await self._next_events(last, next_tick)
+                        read, fresh = await self._next_events(last, next_tick)
                         found += fresh
                 outage.over()
             except REDIS_DOWN as err:  # includes TimeoutError
@@ -110,46 +115,51 @@ class BatchWaiter:
             if done:
                 return
             finished = False
-            if events:
-                last = events[-1].id
-                ended = next((event for event in events if event.type == "batch.finished"), None)
-                if ended is not None:
-                    if self.on_progress is None and len(self._seen) >= _ended_count(ended):
+            if read.last:
+                last = read.last
+                if read.ended is not None:
+                    if self.on_progress is None and len(self._seen) >= read.ended:
                         return  # every result is in hand: no need to read the counters again
                     finished = True
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 raise DeadlineReached(f"batch {self.batch_id}: deadline reached")
 
-    async def _next_events(self, last: str, next_tick: float) -> tuple[list[Event], list[ExecutionResult]]:
+    async def _next_events(self, last: str, next_tick: float) -> tuple[EventsRead, list[ExecutionResult]]:
         """The events after ``last`` (waiting until the next tick at most), and the results of the
         tasks whose final event is among them."""
         block_s = max(0.001, next_tick - time.monotonic())
         if self.deadline is not None:
             block_s = min(block_s, max(0.001, self.deadline - time.monotonic()))
         block_ms = max(1, int(block_s * 1000))
+        xread = ("XREAD", "COUNT", READ_COUNT, "BLOCK", block_ms, "STREAMS", self._stream, last)
         watched = [task for task in self._expected if task not in self._seen]
-        if watched:
+        values: list[bytes | None] = []
+        if self._first_read is not None:
+            first, self._first_read = self._first_read, None
+            try:
+                reply, watched = await first.next(), self._expected
+                values = await first.next()
+            finally:
+                await first.drop()  # nothing to do once both replies are read
+        elif watched:
             # The results of the tasks still awaited, read right after the events in one round trip: a
             # result and its task's final event are written by one script call, so a final event read
             # here finds its result, and a one-task batch takes no read after the event.
-            async with self.store.redis.pipeline(transaction=False) as pipe:
-                pipe.xread({stream_key(self.batch_id): last}, count=READ_COUNT, block=block_ms)
-                pipe.mget(result_keys(self.batch_id, watched))
-                reply, values = await pipe.execute()
-            events = events_from_reply(reply)
-            early = read_results(self.batch_id, watched, values)
+            reply, values = await self.store.held.call(xread, ("MGET", *result_keys(self.batch_id, watched)))
         else:
-            events = await read_events(self.store.redis, self.batch_id, last, block_ms=block_ms)
-            early = {}
-        self._seen.update(early)
-        found = list(early.values())
-        ended = [event.task_id for event in events if event.is_final and event.task_id]
-        fresh = [task for task in ended if task not in self._seen]
+            (reply,) = await self.store.held.call(xread)
+        found: list[ExecutionResult] = []
+        if any(value is not None for value in values):
+            early = read_results(self.batch_id, watched, values)
+            found += (result for task, result in early.items() if task not in self._seen)
+            self._seen.update(early)
+        read = scan_events(reply)
+        fresh = [task for task in read.final_tasks if task not in self._seen]
         if fresh:
             late = await self.store.fetch_results(self.batch_id, fresh)
             self._seen.update(late)
             found += late.values()
-        return events, found
+        return read, found
 
     async def _tick(self) -> BatchSummary:
         summary = await self.store.summary(self.batch_id)
@@ -196,6 +206,17 @@ class BatchWaiter:
         return results
 
 
-def _ended_count(event: Event) -> int:
-    """How many tasks a ``batch.finished`` event says ended (any status)."""
-    return sum(int(event.data.get(status, 0)) for status in ("success", "failed", "timeout", "cancelled"))
+def first_read_commands(batch_id: str, task_ids: Sequence[str], block_s: float) -> tuple[Command, ...]:
+    """The first read of a waiter that follows a batch it submits (``BatchWaiter(first_read=...)``),
+    sent in the same write as the submit (``BatchStore.submit(then=...)``), which saves a round trip.
+
+    Redis runs it right after the submit's script, so its ``$`` (the stream's newest event) is the
+    submit's last event. Were another client's command run in between (a write split in two on its
+    way), the events of that command would not wake this read; the results read with every read,
+    and the counters read at the next tick (``PROGRESS_INTERVAL_S``), still find every result.
+    """
+    block_ms = max(1, int(block_s * 1000))
+    return (
+        ("XREAD", "COUNT", READ_COUNT, "BLOCK", block_ms, "STREAMS", stream_key(batch_id), "$"),
+        ("MGET", *result_keys(batch_id, task_ids)),
+    )

@@ -64,16 +64,18 @@ class ResultFlusher:
         self._reply_timeout_s = reply_timeout_s
         self._pending: list[FinishRecord] = []
         self._arrived = asyncio.Event()
+        self._wrote: asyncio.Future[None] | None = None  # what close() waits on between writes
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="coditect-result-flusher")
 
     async def submit(self, record: FinishRecord) -> None:
-        """Queue ``record`` and wait until Redis has it (shielded: a cancelled job still records)."""
+        """Queue ``record`` and wait until Redis has it. A job cancelled meanwhile stops waiting (its
+        ``written`` is cancelled), and its record is written all the same: it stays in the queue."""
         self._pending.append(record)
         self._arrived.set()
-        await asyncio.shield(record.written)
+        await record.written
 
     async def _run(self) -> None:
         failures = 0
@@ -105,6 +107,8 @@ class ResultFlusher:
                 for record in batch:
                     if not record.written.done():
                         record.written.set_result(None)
+                if self._wrote is not None and not self._wrote.done():
+                    self._wrote.set_result(None)
 
     async def close(self, timeout_s: float = 30.0) -> None:
         """Write what is pending (for at most ``timeout_s``), then stop."""
@@ -113,7 +117,8 @@ class ResultFlusher:
         try:
             async with asyncio.timeout(timeout_s):
                 while self._pending and not self._task.done():
-                    await asyncio.shield(self._pending[-1].written)
+                    self._wrote = asyncio.get_running_loop().create_future()
+                    await self._wrote
         except TimeoutError:
             logger.error("%d result(s) could not be written before shutdown", len(self._pending))
             for record in self._pending:

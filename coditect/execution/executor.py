@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+from pydantic import ValidationError
 
 from coditect.agents import AgentRegistry
 from coditect.errors import (
@@ -57,6 +58,9 @@ class _Output:
     usage: TokenUsage = field(default_factory=TokenUsage)
 
 
+_NO_USAGE = TokenUsage()
+
+
 @dataclass(slots=True)
 class _Spent:
     """What the model calls of one run have used so far. A run that fails or times out after some
@@ -64,7 +68,7 @@ class _Spent:
 
     provider: str | None = None
     model: str | None = None
-    usage: TokenUsage = field(default_factory=TokenUsage)
+    usage: TokenUsage = _NO_USAGE  # frozen: shared until the first call adds to it
 
     def add(self, response: LlmResponse) -> None:
         self.provider, self.model = response.provider, response.model
@@ -125,48 +129,50 @@ class TaskExecutor:
         started_at = datetime.now(UTC)
         clock = time.perf_counter()
         agent_name = agent or task.agent
-        result = ExecutionResult(
-            task_id=task.id,
-            status=ExecutionStatus.RUNNING,
-            agent=agent_name,
-            started_at=started_at,
-            worker=self.worker_name,
-        )
+        # The result is built once, at the end: a model built and then set field by field costs
+        # three times as much, on every task.
+        fields: dict[str, Any] = {"mode": ""}
         spent = _Spent()
         try:
             config = self.agents.get(agent_name)
             if task.agent != agent_name:
                 task = task.model_copy(update={"agent": agent_name})
             chosen = self._resolve_mode(config, mode)
-            result.mode = chosen
+            fields["mode"] = chosen
             timeout_s = min(task.timeout_s or config.timeout_s, self.settings.job_timeout_s)
             try:
                 async with asyncio.timeout(timeout_s):
                     output = await self._dispatch(chosen, task, config, timeout_s, run, spent)
             except TimeoutError:
-                result.status = ExecutionStatus.TIMEOUT
-                result.error = f"task {task.id} timed out after {timeout_s:g} s and was cancelled"
+                fields["status"] = ExecutionStatus.TIMEOUT
+                fields["error"] = f"task {task.id} timed out after {timeout_s:g} s and was cancelled"
             else:
-                result.status = ExecutionStatus.SUCCESS
-                result.output = output.text
-                result.provider, result.model, result.usage = output.provider, output.model, output.usage
+                fields["status"] = ExecutionStatus.SUCCESS
+                fields["output"] = output.text
+                fields["provider"], fields["model"], fields["usage"] = (
+                    output.provider,
+                    output.model,
+                    output.usage,
+                )
         except CapacityDeferred:
             raise
         except TransientProviderError as err:
-            result.status, result.error = ExecutionStatus.FAILED, str(err)
-            result.retryable, result.retry_after_s = True, err.retry_after_s
+            fields["status"], fields["error"] = ExecutionStatus.FAILED, str(err)
+            fields["retryable"], fields["retry_after_s"] = True, err.retry_after_s
         except CoditectError as err:
-            result.status, result.error = ExecutionStatus.FAILED, str(err)
+            fields["status"], fields["error"] = ExecutionStatus.FAILED, str(err)
         except Exception as err:
             logger.exception("task %s: unexpected error in agent %s", task.id, agent_name)
-            result.status = ExecutionStatus.FAILED
-            result.error = f"unexpected {type(err).__name__}: {err}"
-        if not result.succeeded and spent.usage.total_tokens:
-            result.provider, result.model, result.usage = spent.provider, spent.model, spent.usage
-        result.finished_at = datetime.now(UTC)
-        result.duration_s = round(time.perf_counter() - clock, 6)
-        if result.model is not None:
-            result.cost_usd = self.prices.cost_usd(result.model, result.usage, provider=result.provider)
+            fields["status"] = ExecutionStatus.FAILED
+            fields["error"] = f"unexpected {type(err).__name__}: {err}"
+        if fields["status"] is not ExecutionStatus.SUCCESS and spent.usage.total_tokens:
+            fields["provider"], fields["model"], fields["usage"] = spent.provider, spent.model, spent.usage
+        fields["finished_at"] = datetime.now(UTC)
+        fields["duration_s"] = round(time.perf_counter() - clock, 6)
+        model = fields.get("model")
+        if model is not None:
+            fields["cost_usd"] = self.prices.cost_usd(model, fields["usage"], provider=fields["provider"])
+        result = _result(task.id, agent_name, started_at, self.worker_name, fields)
         # The last line of defence: no part of a key or password leaves in a result.
         return redact_result(result, self.redactor)
 
@@ -336,6 +342,19 @@ class TaskExecutor:
 
     async def __aexit__(self, *exc_info: Any) -> None:
         await self.aclose()
+
+
+def _result(
+    task_id: str, agent: str, started_at: datetime, worker: str, fields: dict[str, Any]
+) -> ExecutionResult:
+    try:
+        return ExecutionResult(task_id=task_id, agent=agent, started_at=started_at, worker=worker, **fields)
+    except ValidationError:
+        # What came back from an agent or provider is not checked (an output that is no string, a
+        # negative retry-after from a custom error): the result carries it, as it always did.
+        return ExecutionResult.model_construct(
+            task_id=task_id, agent=agent, started_at=started_at, worker=worker, **fields
+        )
 
 
 def prompt_with_inputs(task: AgentTask, inputs: Mapping[str, str]) -> str:

@@ -31,6 +31,7 @@ class LlmFactory:
         self._http: httpx.AsyncClient | None = None
         self._anthropic: AsyncAnthropic | None = None
         self._closed = False
+        self._made: dict[tuple[str | None, str | None], BaseLlm] = {}  # every task asks again
 
     @property
     def http_client(self) -> httpx.AsyncClient:
@@ -54,8 +55,17 @@ class LlmFactory:
         return self._anthropic
 
     def create(self, provider: str | None = None, model: str | None = None) -> BaseLlm:
-        """A provider bound to ``model`` (default: ``CODITECT_LLM_MODEL``, then the provider's own)."""
+        """A provider bound to ``model`` (default: ``CODITECT_LLM_MODEL``, then the provider's own).
+
+        The same arguments give the same instance again (an instance only names its model and
+        shares this factory's client)."""
         self._check_open()
+        made = self._made.get((provider, model))
+        if made is None:
+            made = self._made[(provider, model)] = self._create(provider, model)
+        return made
+
+    def _create(self, provider: str | None, model: str | None) -> BaseLlm:
         name = provider or self.settings.provider
         model = model or self.settings.llm_model or None
         if name == "offline":

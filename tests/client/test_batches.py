@@ -18,6 +18,8 @@ from coditect.clock import now_ms
 from coditect.engine.worker import CoditectWorker
 from coditect.keys import BATCH_KEY_PREFIX, BATCHES_KEY, JOB_NAME, job_id_for, wake_channel
 from coditect.models import AgentTask, ExecutionResult, ExecutionStatus
+from coditect.results import result_from_arq
+from coditect.serialization import job_serializer
 from tests.support.fake_backend import QUEUE, FakeBackend, wait_until
 
 KEEP_S = 600
@@ -328,6 +330,33 @@ async def test_recent_lists_batches_newest_first_and_forgets_expired_ones(
 
     assert [summary.id for summary in recent] == ["new", "old"]
     assert await pool.zscore(BATCHES_KEY, "gone") is None
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {
+            "t": 1,
+            "s": True,
+            "r": ExecutionResult(task_id="a", status=S, output="out", attempts=2),
+            "st": 1,
+            "ft": 2,
+        },
+        {"t": 2, "s": False, "r": TimeoutError("job took too long"), "st": 1, "ft": 2},
+        {"t": 1, "s": True, "r": {"task_id": "a", "status": "nonsense"}, "st": 1, "ft": 2},
+        {"t": 1, "s": True, "r": [1, 2], "st": 1, "ft": 2},
+    ],
+)
+def test_a_record_reads_as_result_from_arq_reads_it(record: dict[str, Any]) -> None:
+    raw = job_serializer(record)
+    job_id = job_id_for("b", "a")
+    assert batches.read_results("b", ["a", "x"], [raw, None]) == {"a": result_from_arq(raw, job_id)}
+
+
+def test_a_pickled_record_is_refused() -> None:
+    (result,) = batches.read_results("b", ["a"], [b"\x80\x04K\x01."]).values()
+    assert result.status is F
+    assert "pickle" in (result.error or "")
 
 
 async def test_a_submit_call_larger_than_one_redis_call_writes_every_task_in_order(

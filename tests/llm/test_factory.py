@@ -72,6 +72,15 @@ async def test_each_provider_by_name_with_its_default_model() -> None:
     assert local.base_url == "http://localhost:8000/v1"
 
 
+async def test_the_same_provider_and_model_give_the_same_instance_again() -> None:
+    async with LlmFactory(make_settings()) as factory:
+        first = factory.create("offline", "m1")
+
+        assert factory.create("offline", "m1") is first
+        assert factory.create("offline", "m2") is not first
+        assert factory.create("offline", "m2").model == "m2"
+
+
 async def test_model_setting_and_argument_override_the_default() -> None:
     async with LlmFactory(make_settings(llm_model="from-settings")) as factory:
         assert factory.create("openai").model == "from-settings"
