@@ -21,6 +21,7 @@ for i = 10, #ARGV, 2 do
     redis.call('HSET', tasks, child, task)
     redis.call('RPUSH', bkey(b, ':order'), child)
     redis.call('HSET', bkey(b, ':parents'), child, parent .. ' ' .. depth)
+    mark_part(b, ':parents')
     redis.call('HINCRBY', meta, 'total', 1)
     if cancelled then
       redis.call('HSET', bkey(b, ':state'), child, 'p')

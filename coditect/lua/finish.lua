@@ -12,25 +12,27 @@
 -- #include batch
 configure(ARGV[3], KEYS[1], ARGV[2], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
 C.counts, C.count_order = {}, {}
+C.leases, C.unqueue, C.unqueued = KEYS[2], {}, {}  -- see flush_unqueue
 local requeued = 0
 local ended, seen = {}, {}  -- batches a task of which ended here: checked once, at the end
 for i = 8, #ARGV, 6 do
   local kind, id, payload, ttl, keep, info = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
   local in_progress = IN_PROGRESS .. id
-  local function release_lease()
-    if keep ~= '0' then redis.call('PEXPIRE', in_progress, keep) else redis.call('DEL', in_progress) end
-    redis.call('ZREM', KEYS[2], id)
-  end
   if kind == 'done' then
     if ttl == '-1' then
       redis.call('SET', RESULT .. id, payload, 'NX')
     elseif ttl ~= '0' then
       redis.call('SET', RESULT .. id, payload, 'PX', ttl, 'NX')
     end
-    redis.call('DEL', JOB .. id, RETRY .. id)
-    release_lease()
-    redis.call('ZREM', KEYS[1], id)
-    redis.call('ZREM', ABORT, id)
+    if keep ~= '0' then
+      redis.call('DEL', JOB .. id, RETRY .. id)
+      redis.call('PEXPIRE', in_progress, keep)
+    else
+      redis.call('DEL', JOB .. id, RETRY .. id, in_progress)
+    end
+    C.unqueue[#C.unqueue + 1] = id
+    C.unqueued[id] = true
+    unabort(id)
     local b, t = batch_of(id)
     if b and info ~= '' then
       local data = cjson.decode(info)
@@ -40,7 +42,7 @@ for i = 8, #ARGV, 6 do
       if data.cost == cjson.null then data.cost = nil end
       data.worker = data.worker or C.worker
       if finalize(b, t, data.code, data) then
-        local parent = redis.call('HGET', bkey(b, ':parents'), t)
+        local parent = has_part(b, ':parents') and redis.call('HGET', bkey(b, ':parents'), t)
         if parent then
           local holder = redis.call('GET', IN_PROGRESS .. JOB_ID_PREFIX .. b .. ':' .. string.match(parent, '%S+'))
           if holder then redis.call('PUBLISH', WORKER_CHANNEL .. holder, id) end
@@ -52,8 +54,10 @@ for i = 8, #ARGV, 6 do
       end
     end
   elseif redis.call('GET', in_progress) == ARGV[1] then
+    if C.unqueued[id] then flush_unqueue() end
     redis.call('ZADD', KEYS[1], payload, id)
-    release_lease()
+    if keep ~= '0' then redis.call('PEXPIRE', in_progress, keep) else redis.call('DEL', in_progress) end
+    redis.call('ZREM', KEYS[2], id)
     if kind == 'defer' then redis.call('DECR', RETRY .. id) end
     requeued = requeued + 1
     local b, t = batch_of(id)
@@ -66,7 +70,7 @@ for i = 8, #ARGV, 6 do
       end
       if info ~= '' then
         local data = cjson.decode(info)
-        local fields = {'attempt', tostring(data.attempt or 0), 'worker', C.worker}
+        local fields = {'attempt', text(data.attempt or 0), 'worker', C.worker}
         if data.error then fields[#fields + 1] = 'error'; fields[#fields + 1] = data.error end
         if data.delay then fields[#fields + 1] = 'delay'; fields[#fields + 1] = tostring(data.delay) end
         emit(b, data.event, t, fields)
@@ -74,6 +78,7 @@ for i = 8, #ARGV, 6 do
     end
   end
 end
+flush_unqueue()
 flush_counts()
 for _, b in ipairs(ended) do finish_batch_if_done(b) end
 if requeued > 0 then redis.call('PUBLISH', ARGV[2], requeued) end

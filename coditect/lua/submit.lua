@@ -25,16 +25,23 @@ if how ~= 'more' then
   emit(b, 'batch.submitted', nil, {'total', redis.call('HGET', meta, 'total') or '0'})
 end
 local state, waiting = bkey(b, ':state'), bkey(b, ':waiting')
+-- Hashes, the order list and the queue are written in a call each after the loop (in the loop's
+-- order); the loop reads its own tasks' states from written.
+local tasks, order, states, unmet_of, queued = {}, {}, {}, {}, {}
+local written = {}
 local appended = {}
 local dead = {}
 local added = 0
+local QUEUED = {'attempt', '0'}
 for i = 9, #ARGV, 3 do
   local t, task, deps = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  redis.call('HSET', bkey(b, ':tasks'), t, task)
-  redis.call('RPUSH', bkey(b, ':order'), t)
+  tasks[#tasks + 1] = t
+  tasks[#tasks + 1] = task
+  order[#order + 1] = t
   local unmet, failed = 0, nil
   for d in string.gmatch(deps, '%S+') do
-    local ds = redis.call('HGET', state, d)
+    local ds = written[d]
+    if ds == nil then ds = redis.call('HGET', state, d) end
     if ds == 's' then
     elseif ds and FINAL[ds] then
       failed = failed or d
@@ -44,20 +51,36 @@ for i = 9, #ARGV, 3 do
     end
   end
   added = added + 1
+  local s = 'q'
   if failed then
-    redis.call('HSET', state, t, 'p')
+    s = 'p'
     dead[#dead + 1] = {t, 'not run: dependency ' .. failed .. ' did not succeed'}
   elseif unmet > 0 then
-    redis.call('HSET', state, t, 'p')
-    redis.call('HSET', waiting, t, unmet)
+    s = 'p'
+    unmet_of[#unmet_of + 1] = t
+    unmet_of[#unmet_of + 1] = unmet
   else
-    enqueue(b, t, task)
+    local id = JOB_ID_PREFIX .. b .. ':' .. t
+    redis.call('SET', JOB .. id, envelope(task), 'PX', C.expiry_ms)
+    queued[#queued + 1] = C.now
+    queued[#queued + 1] = id
+    emit(b, 'task.queued', t, QUEUED)
   end
+  written[t] = s
+  states[#states + 1] = t
+  states[#states + 1] = s
 end
+bulk('HSET', bkey(b, ':tasks'), tasks)
+bulk('RPUSH', bkey(b, ':order'), order)
+bulk('HSET', state, states)
+bulk('HSET', waiting, unmet_of)
+bulk('ZADD', C.queue, queued)
+if #queued > 0 then wake() end
 local dependants = bkey(b, ':dependants')
 for d, more in pairs(appended) do
   local known = redis.call('HGET', dependants, d)
   redis.call('HSET', dependants, d, known and (known .. ' ' .. more) or more)
+  mark_part(b, ':dependants')
 end
 set_ttl(b, RUNNING_TTL_MS)
 for _, entry in ipairs(dead) do cancel_tree(b, entry[1], 'c', entry[2]) end

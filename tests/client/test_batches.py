@@ -357,3 +357,27 @@ def test_a_pickled_record_is_refused() -> None:
     (result,) = batches.read_results("b", ["a"], [b"\x80\x04K\x01."]).values()
     assert result.status is F
     assert "pickle" in (result.error or "")
+
+
+async def test_a_submit_call_larger_than_one_redis_call_writes_every_task_in_order(
+    store: BatchStore, pool: ArqRedis
+) -> None:
+    # submit.lua writes its hashes, order list and queue in calls of at most 4,000 values: 4,500
+    # tasks (9,000 values in :tasks) take three calls, with tasks in the same call depending on
+    # earlier ones.
+    tasks = [task(f"t{i:04}", *([f"t{i - 1:04}"] if i % 1000 == 999 else [])) for i in range(4_500)]
+
+    submitted = await store.submit("big", tasks, atomic=True)
+
+    assert (submitted.created, submitted.added) == (True, 4_500)
+    assert await store.task_ids("big") == [t.id for t in tasks]
+    waiting = {t.id for t in tasks if t.depends_on}
+    states = await store.states("big")
+    assert [i for i, s in states.items() if s is ExecutionStatus.PENDING] == sorted(waiting)
+    assert len(states) == 4_500
+    assert await pool.hlen(BATCH_KEY_PREFIX + "big:tasks") == 4_500
+    assert await pool.hgetall(BATCH_KEY_PREFIX + "big:waiting") == {i.encode(): b"1" for i in sorted(waiting)}
+    assert await pool.zcard(QUEUE) == 4_500 - len(waiting)
+    events = await read_events(pool, "big", "0-0", count=10_000)
+    assert [e.task_id for e in events if e.type == "task.queued"] == [t.id for t in tasks if not t.depends_on]
+    assert submitted.last_event_id == events[-1].id

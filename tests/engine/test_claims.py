@@ -13,6 +13,7 @@ import pytest
 from arq.connections import ArqRedis
 
 from coditect.client.batches import BatchStore
+from coditect.client.events import read_events
 from coditect.engine.claims import DEAD_LETTERS_MAX, Claim, Poison, dead_letter, parse_rows, set_aside
 from coditect.engine.embedded import EmbeddedBackend
 from coditect.engine.worker import CoditectWorker
@@ -187,3 +188,59 @@ async def test_the_embedded_backend_keeps_the_in_progress_key_for_the_whole_leas
         assert await pool.pttl("arq:in-progress:j1") == 1000
     finally:
         await pool.aclose(close_connection_pool=True)
+
+
+async def test_a_claim_call_takes_several_batches_steps_over_held_jobs_and_counts_each_start_once(
+    pool: ArqRedis,
+) -> None:
+    store = BatchStore(pool, queue_name=QUEUE, keep_result_s=60)
+    await store.submit("b1", [AgentTask(id=f"t{i}", title="x") for i in range(3)])
+    await store.submit("b2", [AgentTask(id=f"t{i}", title="x") for i in range(2)], fields={"budget_usd": 1})
+    await pool.set(f"arq:in-progress:{job_id_for('b1', 't1')}", "other")  # held by another worker
+    await pool.zadd("arq:abort", {job_id_for("b2", "t0"): 1})
+    claim = pool.register_script(script("claim"))
+    keys = [QUEUE, leases_key(QUEUE)]
+    now = now_ms() + 1
+
+    claims, _ = parse_rows(await claim(keys=keys, args=claim_args(now, 5000, 3)))
+    more, _ = parse_rows(await claim(keys=keys, args=claim_args(now, 5000, 10)))
+
+    taken = [job_id_for("b1", "t0"), job_id_for("b1", "t2"), job_id_for("b2", "t0"), job_id_for("b2", "t1")]
+    assert [c.job_id for c in claims + more] == taken
+    assert [(c.budget, c.aborted, c.depth) for c in claims + more] == [
+        (False, False, 0), (False, False, 0), (True, True, 0), (True, False, 0),
+    ]  # fmt: skip
+    assert all(c.payload and c.job_try == 1 for c in claims + more)
+    for job_id in taken:
+        assert await pool.zscore(QUEUE, job_id) == now + 5000
+        assert await pool.zscore(leases_key(QUEUE), job_id) == now + 5000
+    assert await pool.zscore(QUEUE, job_id_for("b1", "t1")) < now
+    assert await pool.exists("arq:abort") == 0
+    assert [await pool.hget(f"coditect:batch:{b}", "n_running") for b in ("b1", "b2")] == [b"2", b"2"]
+    assert await pool.hgetall("coditect:batch:b1:state") == {b"t0": b"r", b"t1": b"q", b"t2": b"r"}
+    events = await read_events(pool, None, "0-0")
+    assert [(e.batch_id, e.task_id) for e in events if e.type == "task.started"] == [
+        ("b1", "t0"), ("b1", "t2"), ("b2", "t0"), ("b2", "t1"),
+    ]  # fmt: skip
+
+    # A lease that ran out: the task is running already, and its start is not counted again.
+    lost = job_id_for("b1", "t0")
+    await pool.delete(f"arq:in-progress:{lost}")
+    await pool.zadd(QUEUE, {lost: now - 1})
+    await pool.zadd(leases_key(QUEUE), {lost: now - 1})
+    (again,) = parse_rows(await claim(keys=keys, args=claim_args(now, 5000, 10)))[0]
+    assert (again.job_id, again.job_try) == (lost, 2)
+    assert await pool.hget("coditect:batch:b1", "n_running") == b"2"
+
+
+async def test_a_claim_of_named_jobs_takes_each_once(pool: ArqRedis) -> None:
+    await pool.enqueue_job("echo", _job_id="j1")
+    await pool.enqueue_job("echo", _job_id="j2")
+    claim = pool.register_script(script("claim"))
+
+    rows = await claim(
+        keys=[QUEUE, leases_key(QUEUE)], args=claim_args(now_ms() + 1, 5000, 10, "j1", "j1", "nope", "j2")
+    )
+
+    assert [(row[0], row[2]) for row in rows] == [(b"j1", 1), (b"j2", 1)]
+    assert await pool.get("arq:retry:j1") == b"1"

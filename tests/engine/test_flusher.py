@@ -231,3 +231,39 @@ async def test_a_delegated_childs_finish_wakes_the_worker_holding_its_parent(
 
     assert message is not None
     assert message["data"] == child.encode()
+
+
+async def test_a_job_done_and_put_back_in_one_call_stays_queued(pool: ArqRedis) -> None:
+    # The queue and lease index lose the done jobs after the loop, or before one of them goes back.
+    await pool.zadd(QUEUE, {"cron": 1})
+    await pool.zadd(leases_key(QUEUE), {"cron": 1})
+    await pool.set("arq:in-progress:cron", "tok")
+
+    await finish(pool, ["done", "cron", b"r", 1000, 60_000, ""], ["again", "cron", 5000, 0, 60_000, ""])
+
+    assert await pool.zscore(QUEUE, "cron") == 5000
+    assert await pool.zscore(leases_key(QUEUE), "cron") is None
+    assert await pool.exists("arq:abort") == 0
+
+
+async def test_a_finish_call_gives_back_what_its_tasks_reserved_when_their_batch_has_a_budget(
+    pool: ArqRedis,
+) -> None:
+    store = BatchStore(pool, queue_name=QUEUE, keep_result_s=60)
+    await store.submit("plain", [AgentTask(id="t1", title="one")])
+    capped = [AgentTask(id=f"t{i}", title="x") for i in (1, 2, 3)]
+    await store.submit("capped", capped, fields={"budget_usd": 5})
+    await pool.hset("coditect:batch:capped:reserved", mapping={"t1": "0.5 100", "t2": "0.25 50"})
+    await pool.hset("coditect:batch:capped", mapping={"reserved_usd": 0.75, "reserved_tokens": 150})
+    records = [
+        ["done", job_id_for(b, t), b"{}", 60_000, 0, batch_info("success", 1)]
+        for b, t in (("plain", "t1"), ("capped", "t1"), ("capped", "t3"))
+    ]
+
+    await finish(pool, *records, ["again", job_id_for("capped", "t2"), 5000, 0, 0, ""])
+
+    assert await pool.hgetall("coditect:batch:capped:reserved") == {b"t2": b"0.25 50"}, "t2 not held here"
+    assert await pool.hmget("coditect:batch:capped", "reserved_usd", "reserved_tokens") == [b"0.25", b"50"]
+    assert await pool.hget("coditect:batch:capped", "n_success") == b"2"
+    assert await pool.hget("coditect:batch:plain", "finished") is not None
+    assert await pool.exists("coditect:batch:plain:reserved") == 0
