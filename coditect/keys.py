@@ -13,7 +13,9 @@ and read results, and adds keys of its own under ``coditect:``:
 - a **batch** ``coditect:batch:<batch>`` (a hash: name, counters, totals, budget, flags) with its
   parts ``:tasks``, ``:order``, ``:state``, ``:waiting``, ``:dependants``, ``:parents``, ``:reserved``
   (see ``coditect/lua/batch.lua``), its event stream ``coditect:events:<batch>`` and the stream of
-  all batches ``coditect:events``; ``coditect:batches`` indexes them by creation time.
+  all batches ``coditect:events``; ``coditect:batches`` indexes them by creation time. Its end is
+  also the one entry of ``coditect:events:<batch>:end`` (a batch id has no colon): a caller that
+  wants only the end blocks on it, not woken by every event before.
 - **workers** ``coditect:workers`` (token -> last heartbeat) and ``coditect:worker:<token>`` (a
   hash: name, queue, jobs in flight, counts), each worker's channel ``coditect:worker:<token>`` (a
   delegated child's parent is woken there), the dead letters ``coditect:dead-letters``, the
@@ -43,6 +45,7 @@ from arq.constants import retry_key_prefix as RETRY_PREFIX
 __all__ = [
     "ABORT_SET",
     "BATCHES_KEY",
+    "BATCH_END_SUFFIX",
     "BATCH_KEY_PREFIX",
     "BATCH_RUNNING_TTL_MS",
     "CLAIM_KEY_PREFIX",
@@ -83,6 +86,8 @@ BATCH_KEY_PREFIX = "coditect:batch:"
 BATCHES_KEY = "coditect:batches"
 EVENTS_KEY = "coditect:events"
 EVENTS_KEY_PREFIX = "coditect:events:"
+# The stream after EVENTS_KEY_PREFIX + batch id that holds only the batch's batch.finished event.
+BATCH_END_SUFFIX = ":end"
 WORKER_CHANNEL_PREFIX = "coditect:worker:"
 WORKERS_KEY = "coditect:workers"
 WORKER_KEY_PREFIX = "coditect:worker:"

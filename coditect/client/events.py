@@ -16,7 +16,7 @@ from typing import Any
 
 from arq.connections import ArqRedis
 
-from coditect.keys import EVENTS_KEY, EVENTS_KEY_PREFIX
+from coditect.keys import BATCH_END_SUFFIX, EVENTS_KEY, EVENTS_KEY_PREFIX
 
 __all__ = [
     "FINAL_EVENTS",
@@ -53,6 +53,11 @@ _FINISHED_COUNTS = (b"success", b"failed", b"timeout", b"cancelled")
 
 def stream_key(batch_id: str | None) -> str:
     return EVENTS_KEY if batch_id is None else EVENTS_KEY_PREFIX + batch_id
+
+
+def end_stream_key(batch_id: str) -> str:
+    """The stream that holds a batch's ``batch.finished`` event alone, once it has finished."""
+    return EVENTS_KEY_PREFIX + batch_id + BATCH_END_SUFFIX
 
 
 @dataclass(frozen=True, slots=True)

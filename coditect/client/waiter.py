@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Sequence
 
 from coditect.backoff import REDIS_DOWN, Outage
 from coditect.client.batches import BatchStore, BatchSummary, read_results, result_keys
-from coditect.client.events import READ_COUNT, EventsRead, scan_events, stream_key
+from coditect.client.events import READ_COUNT, EventsRead, end_stream_key, scan_events, stream_key
 from coditect.client.held import Command, Replies
 from coditect.client.progress import PROGRESS_INTERVAL_S, BatchProgress, ProgressCallback
 from coditect.engine.registry import live_workers
@@ -74,9 +74,12 @@ class BatchWaiter:
         self._note = ""
         self._done = 0
         self._next_worker_check = 0.0
-        self._stream = stream_key(batch_id)
         # A small batch's results are read in the same round trip as its events (see _next_events).
         self._expected = list(task_ids) if len(task_ids) <= RESULTS_WITH_EVENTS_MAX else []
+        # Its caller wants them all at once and no progress: it waits for the batch's end alone, not
+        # woken by each task's start (the results that came meanwhile are read with every read).
+        self._until_end = bool(self._expected) and on_progress is None
+        self._stream = end_stream_key(batch_id) if self._until_end else stream_key(batch_id)
         # The replies to first_read_commands(batch_id, task_ids, ...), sent with the batch's submit.
         self._first_read = first_read if self._expected else None
 
@@ -115,12 +118,12 @@ class BatchWaiter:
             if done:
                 return
             finished = False
-            if read.last:
+            if read.last and not self._until_end:
                 last = read.last
-                if read.ended is not None:
-                    if self.on_progress is None and len(self._seen) >= read.ended:
-                        return  # every result is in hand: no need to read the counters again
-                    finished = True
+            if read.ended is not None:
+                if self.on_progress is None and len(self._seen) >= read.ended:
+                    return  # every result is in hand: no need to read the counters again
+                finished = True
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 raise DeadlineReached(f"batch {self.batch_id}: deadline reached")
 
@@ -131,7 +134,8 @@ class BatchWaiter:
         if self.deadline is not None:
             block_s = min(block_s, max(0.001, self.deadline - time.monotonic()))
         block_ms = max(1, int(block_s * 1000))
-        xread = ("XREAD", "COUNT", READ_COUNT, "BLOCK", block_ms, "STREAMS", self._stream, last)
+        since = "0-0" if self._until_end else last
+        xread = ("XREAD", "COUNT", READ_COUNT, "BLOCK", block_ms, "STREAMS", self._stream, since)
         watched = [task for task in self._expected if task not in self._seen]
         values: list[bytes | None] = []
         if self._first_read is not None:
@@ -209,14 +213,10 @@ class BatchWaiter:
 def first_read_commands(batch_id: str, task_ids: Sequence[str], block_s: float) -> tuple[Command, ...]:
     """The first read of a waiter that follows a batch it submits (``BatchWaiter(first_read=...)``),
     sent in the same write as the submit (``BatchStore.submit(then=...)``), which saves a round trip.
-
-    Redis runs it right after the submit's script, so its ``$`` (the stream's newest event) is the
-    submit's last event. Were another client's command run in between (a write split in two on its
-    way), the events of that command would not wake this read; the results read with every read,
-    and the counters read at the next tick (``PROGRESS_INTERVAL_S``), still find every result.
+    Such a waiter waits for the batch's end alone (its end stream, from the start), then the results.
     """
     block_ms = max(1, int(block_s * 1000))
     return (
-        ("XREAD", "COUNT", READ_COUNT, "BLOCK", block_ms, "STREAMS", stream_key(batch_id), "$"),
+        ("XREAD", "COUNT", READ_COUNT, "BLOCK", block_ms, "STREAMS", end_stream_key(batch_id), "0-0"),
         ("MGET", *result_keys(batch_id, task_ids)),
     )

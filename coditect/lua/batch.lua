@@ -7,7 +7,8 @@
 --   :waiting     task id -> unmet dependencies   :dependants  task id -> "id id ..."
 --   :parents     child id -> "parent-id depth"          :order       task ids, in submission order
 --   :reserved    task id -> "usd tokens" it reserved against the batch's budget while it runs
--- and its event stream EVENTS..b; every event also goes to the global stream EVENTS_ALL.
+-- and its event stream EVENTS..b; every event also goes to the global stream EVENTS_ALL; once the
+-- batch has finished, EVENTS..b..END_SUFFIX holds its batch.finished event alone.
 -- C is the call's configuration: now (ms), queue, wake (channel), maxlen (of the streams),
 -- keep_ms (of a finished batch), expiry_ms (of a job key), worker (name for events).
 -- A call reads some things once and keeps them in C (see batch_of, has_part, unabort): each cache
@@ -220,6 +221,11 @@ local function finish_batch_if_done(b)
     'total', n[1], 'success', n[2] or '0', 'failed', n[3] or '0', 'timeout', n[4] or '0',
     'cancelled', n[5] or '0', 'in', totals[1] or '0', 'out', totals[2] or '0',
     'cache_read', totals[3] or '0', 'cache_write', totals[4] or '0', 'cost', totals[5] or '0'})
+  -- The end alone, for a caller that waits for nothing else (a small batch's run_batch).
+  local ended = EVENTS .. b .. END_SUFFIX
+  redis.call('XADD', ended, 'MAXLEN', '1', '*', 'type', 'batch.finished', 'batch', b, 'total', n[1],
+    'success', n[2] or '0', 'failed', n[3] or '0', 'timeout', n[4] or '0', 'cancelled', n[5] or '0')
+  redis.call('PEXPIRE', ended, C.keep_ms)
   set_ttl(b, C.keep_ms)
 end
 

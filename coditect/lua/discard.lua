@@ -13,7 +13,7 @@ local b, token = ARGV[6], ARGV[7]
 if redis.call('HGET', bkey(b), 'submission') ~= token then return {-1, 0} end
 local states = redis.call('HGETALL', bkey(b, ':state'))
 for _, part in ipairs(PARTS) do redis.call('DEL', bkey(b, part)) end
-redis.call('DEL', EVENTS .. b)
+redis.call('DEL', EVENTS .. b, EVENTS .. b .. END_SUFFIX)
 redis.call('ZREM', BATCHES, b)
 local queued, running = 0, {}
 for i = 1, #states, 2 do

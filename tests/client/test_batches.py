@@ -13,7 +13,7 @@ from arq.worker import func
 
 import coditect.client.batches as batches
 from coditect.client.batches import BatchStore
-from coditect.client.events import read_events
+from coditect.client.events import end_stream_key, read_events
 from coditect.clock import now_ms
 from coditect.engine.worker import CoditectWorker
 from coditect.keys import BATCH_KEY_PREFIX, BATCHES_KEY, JOB_NAME, job_id_for, wake_channel
@@ -291,6 +291,7 @@ async def test_a_finished_batch_has_totals_a_final_event_and_the_keep_ttl(
 ) -> None:
     start_worker(batch_keep_s=KEEP_S)
     await store.submit("b1", [task("a"), task("b", outcome="failed")])
+    assert not await pool.exists(end_stream_key("b1"))  # written by the end, not before
 
     summary = await finished(store, "b1")
 
@@ -303,6 +304,9 @@ async def test_a_finished_batch_has_totals_a_final_event_and_the_keep_ttl(
     assert events[-1].data["success"] == 1
     assert events[-1].data["failed"] == 1
     assert 0 < await pool.pttl(BATCH_KEY_PREFIX + "b1") <= KEEP_S * 1000
+    ((_, end),) = await pool.xrange(end_stream_key("b1"))  # the end alone, for waiters of nothing else
+    assert (end[b"type"], end[b"success"], end[b"failed"]) == (b"batch.finished", b"1", b"1")
+    assert 0 < await pool.pttl(end_stream_key("b1")) <= KEEP_S * 1000
     data = summary.to_json_dict()
     assert set(data) >= {"id", "name", "created_at", "counts", "usage", "cost_usd"}
 

@@ -4,16 +4,17 @@ coditect.client.waiter.first_read_commands): real redis-server, real workers."""
 from __future__ import annotations
 
 import asyncio
-import statistics
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from coditect.client import orchestrator as orchestrator_module
+from coditect.client import waiter as waiter_module
+from coditect.client.events import end_stream_key, stream_key
 from coditect.client.held import Command, HeldConnections, Replies
 from coditect.client.orchestrator import ProjectOrchestrator
-from coditect.client.progress import PROGRESS_INTERVAL_S
 from coditect.models import AgentTask, ExecutionStatus
 from coditect.settings import Settings
 
@@ -38,23 +39,27 @@ def writes(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     return sent
 
 
-async def test_a_one_task_batch_is_submitted_and_first_read_in_one_write(
-    real_settings: Settings, start_workers: StartWorkers, writes: list[list[str]]
+async def test_a_one_task_batch_is_submitted_read_and_done_in_one_write(
+    real_settings: Settings,
+    start_workers: StartWorkers,
+    writes: list[list[str]],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # No tick within the test: any write after the first would be a wake-up by an event.
+    for module in (waiter_module, orchestrator_module):
+        monkeypatch.setattr(module, "PROGRESS_INTERVAL_S", 60.0)
     await start_workers(1)
     async with ProjectOrchestrator(real_settings) as orch:
         await orch.execute_tasks_parallel([task("warm")])
-        elapsed = []
         for number in range(10):
             writes.clear()
-            started = time.perf_counter()
-            (result,) = await orch.execute_tasks_parallel([task(f"t{number}")])
-            elapsed.append(time.perf_counter() - started)
+            (result,) = await orch.execute_tasks_parallel([task("t")], batch_id=f"b{number}")
             assert result.status is ExecutionStatus.SUCCESS
-            assert writes[0] == ["EVALSHA", "XREAD", "MGET"]
-            assert all(write == ["XREAD", "MGET"] for write in writes[1:]), writes
-    # Woken by the events, not by the counters read at the tick.
-    assert statistics.median(elapsed) < PROGRESS_INTERVAL_S * 0.75, elapsed
+            # Not woken by the task's start: it waits on the batch's end stream, then has the result.
+            assert writes == [["EVALSHA", "XREAD", "MGET"]]
+            ((_, end),) = await orch.redis.xrange(end_stream_key(f"b{number}"))
+            assert end[b"type"] == b"batch.finished"
+            assert (end[b"total"], end[b"success"], end[b"failed"]) == (b"1", b"1", b"0")
 
 
 async def test_a_batch_submitted_again_is_followed_and_the_connection_stays_clean(
@@ -82,7 +87,8 @@ async def test_a_wait_cancelled_during_the_first_read_leaves_no_reply_behind(
 ) -> None:
     async with ProjectOrchestrator(real_settings) as orch:
         waiting = asyncio.create_task(orch.execute_tasks_parallel([task("a")], batch_id="cut"))
-        await asyncio.sleep(0.05)  # no worker yet: it waits on the read sent with the submit
+        # Submitted (its events are written by the submit call): no worker yet, so it waits on its first read.
+        assert await orch.redis.xread({stream_key("cut"): "0-0"}, count=1, block=10_000)
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting
