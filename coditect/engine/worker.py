@@ -48,6 +48,7 @@ from coditect.engine.flusher import ResultFlusher
 from coditect.engine.jobrun import JobRunner
 from coditect.engine.registry import WorkerRegistry
 from coditect.engine.slots import Slot, Slots
+from coditect.held import HeldConnections, HeldScript
 from coditect.keys import WORKER_CHANNEL_PREFIX, leases_key, wake_channel
 from coditect.lua import script
 from coditect.redis_config import PolicyCheck, describe_server
@@ -174,12 +175,14 @@ class CoditectWorker(Worker):
         if self._helpers:
             return
         self._lease_ms = int(self.lease_s * 1000)
+        # Claims and finishes, a script call each per job when idle, skip the pool's checkout check.
+        self._held = HeldConnections(self.pool.connection_pool)
         self._claimer = Claimer(
-            self.pool, queue_name=self.queue_name, token=self.token, lease_ms=self._lease_ms
+            self.pool, queue_name=self.queue_name, token=self.token, lease_ms=self._lease_ms, held=self._held
         )
         self._heartbeat_script = self.pool.register_script(script("heartbeat"))
         self._flusher = ResultFlusher(
-            self.pool.register_script(script("finish")),
+            HeldScript(self._held, self.pool.register_script(script("finish"))),
             queue_name=self.queue_name,
             head=self._script_head,
             reply_timeout_s=self.lease_s,
@@ -203,6 +206,7 @@ class CoditectWorker(Worker):
         await asyncio.gather(*helpers, return_exceptions=True)
         if helpers:
             await self._flusher.close()
+            await self._held.close()
 
     async def _run_engine(self) -> None:
         await self._start_engine()

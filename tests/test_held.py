@@ -1,4 +1,4 @@
-"""Held connections (coditect.client.held) on a real Redis: replies, error replies, scripts that Redis
+"""Held connections (coditect.held) on a real Redis: replies, error replies, scripts that Redis
 forgot, cancelled blocking reads, connections the server closed; and the protocol they write."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from arq.connections import ArqRedis
 from redis.asyncio.connection import Connection
 from redis.exceptions import DataError, ResponseError
 
-import coditect.client.held as held
-from coditect.client.held import HeldConnections
+import coditect.held as held
+from coditect.held import HeldConnections
 from coditect.models import ExecutionStatus
 
 pytestmark = pytest.mark.timeout(30)
