@@ -67,6 +67,7 @@ DEFAULT_LEASE_S = 10.0
 # 1,000 released at once started on one worker, over ~0.2 s, when a claim could take 1,000).
 MAX_CLAIM = 200
 DEFAULT_EVENTS_MAX_LEN = 100_000
+_MESSAGE = (b"message", "message")  # a pub/sub message's kind, as bytes or decoded by the pool
 DEFAULT_BATCH_KEEP_S = 86_400
 
 
@@ -240,25 +241,26 @@ class CoditectWorker(Worker):
         return max(limit, 0)
 
     async def _claim_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         failures = 0
         next_housekeeping = 0.0
         while True:
             self._wake.clear()
             try:
-                # A reply that never comes (a connection dropped without an RST) must not stop the
-                # loop: after a lease, redis-py drops that connection and the next call opens another.
-                async with asyncio.timeout(self.lease_s):
-                    claimed = 0
-                    limit = self._claim_limit()
-                    if limit > 0:
-                        claimed = await self._claim_jobs(limit)
-                    if time.monotonic() >= next_housekeeping:
+                claimed = 0
+                limit = self._claim_limit()
+                if limit > 0:
+                    claimed = await self._claim_jobs(limit)  # the claimer has its own deadline
+                if time.monotonic() >= next_housekeeping:
+                    # A reply that never comes (a connection dropped without an RST) must not stop the
+                    # loop: after a lease, redis-py drops that connection and the next call opens another.
+                    async with asyncio.timeout(self.lease_s):
                         await self._housekeeping()
-                        next_housekeeping = time.monotonic() + self.poll_delay_s
+                    next_housekeeping = time.monotonic() + self.poll_delay_s
                 if self.burst and await self._burst_done():  # it waits for running jobs: no timeout
                     return
                 failures = 0
-            except (RedisError, OSError) as err:  # OSError includes the TimeoutError above
+            except (RedisError, OSError) as err:  # OSError includes the TimeoutErrors of the deadlines
                 delay = redis_backoff_s(failures)
                 failures += 1
                 if not self._refusals.report(err, "this worker takes no jobs until Redis allows it"):
@@ -270,9 +272,13 @@ class CoditectWorker(Worker):
             if claimed and claimed == limit:
                 continue  # there may be more due jobs: claim again before waiting
             if not self._wake.is_set():
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.poll_delay_s):
-                        await self._wake.wait()
+                # The poll interval as a timer that wakes the loop as a message would: cheaper, once
+                # per job when idle, than a timeout scope around the wait.
+                poll = loop.call_later(self.poll_delay_s, self._wake.set)
+                try:
+                    await self._wake.wait()
+                finally:
+                    poll.cancel()
 
     async def _claim_jobs(self, limit: int, *, only: list[str] | None = None) -> int:
         rows = await self._claimer.claim(
@@ -298,7 +304,8 @@ class CoditectWorker(Worker):
                 logger.error(
                     "queue entry %r set aside in the dead-letter list: %s", entry.raw_id, entry.reason
                 )
-            await set_aside(self.pool, self.queue_name, poison)
+            async with asyncio.timeout(self.lease_s):
+                await set_aside(self.pool, self.queue_name, poison)
         for claim in claims:
             slot = self._slots.take()
             self._claims[claim.job_id] = (claim, slot)
@@ -348,11 +355,17 @@ class CoditectWorker(Worker):
                     failures = 0
                     self._wake.set()  # (re)subscribed: look for work that came meanwhile
                     self._child_finished(None)
-                    async for message in pubsub.listen():
-                        if message["type"] != "message":
+                    connection = pubsub.connection
+                    assert connection is not None
+                    while True:
+                        # Straight off the connection: PubSub.listen() adds a health check, a retry
+                        # wrapper and a dict to each message, one message per job when idle.
+                        reply = await connection.read_response(push_request=True)
+                        if not isinstance(reply, list) or len(reply) != 3 or reply[0] not in _MESSAGE:
                             continue
-                        if message["channel"] == own.encode():
-                            self._child_finished(message["data"].decode())
+                        channel, data = reply[1], reply[2]
+                        if (channel.decode() if isinstance(channel, bytes) else channel) == own:
+                            self._child_finished(data.decode() if isinstance(data, bytes) else data)
                         else:
                             self._wake.set()
             except (RedisError, OSError) as err:
