@@ -22,7 +22,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, NoScriptError, ResponseError
 
-__all__ = ["IDLE_CHECK_S", "Command", "HeldConnections", "HeldScript", "Replies"]
+__all__ = ["IDLE_CHECK_S", "Command", "HeldConnections", "HeldScript", "Replies", "retries_commands"]
 
 # A connection idle longer than this is checked (as the pool would) before its next call.
 IDLE_CHECK_S = 1.0
@@ -162,6 +162,19 @@ class Replies:
         if not self.left and self._connection is not None:
             self._owner._give_back(self._connection)
             self._connection = None
+
+
+def retries_commands(pool: ConnectionPool) -> bool:
+    """Whether redis-py retries a failed command on ``pool``'s connections (``retry`` with retries,
+    ``retry_on_timeout``, ``retry_on_error``). Held connections do not: such a pool's calls keep
+    redis-py's own path, so that the retries its owner asked for still happen."""
+    kwargs = pool.connection_kwargs
+    retry = kwargs.get("retry")
+    return bool(
+        kwargs.get("retry_on_timeout")
+        or kwargs.get("retry_on_error")
+        or (retry is not None and getattr(retry, "_retries", 0) > 0)
+    )
 
 
 def _packed(commands: Sequence[Command]) -> bytes:

@@ -48,7 +48,7 @@ from coditect.engine.flusher import ResultFlusher
 from coditect.engine.jobrun import JobRunner
 from coditect.engine.registry import WorkerRegistry
 from coditect.engine.slots import Slot, Slots
-from coditect.held import HeldConnections, HeldScript
+from coditect.held import HeldConnections, HeldScript, retries_commands
 from coditect.keys import WORKER_CHANNEL_PREFIX, leases_key, wake_channel
 from coditect.lua import script
 from coditect.redis_config import PolicyCheck, describe_server
@@ -67,8 +67,8 @@ DEFAULT_LEASE_S = 10.0
 # 1,000 released at once started on one worker, over ~0.2 s, when a claim could take 1,000).
 MAX_CLAIM = 200
 DEFAULT_EVENTS_MAX_LEN = 100_000
-_MESSAGE = (b"message", "message")  # a pub/sub message's kind, as bytes or decoded by the pool
 DEFAULT_BATCH_KEEP_S = 86_400
+_MESSAGE = (b"message", "message")  # a pub/sub message's kind, as bytes or decoded by the pool
 
 
 class CoditectWorker(Worker):
@@ -176,14 +176,17 @@ class CoditectWorker(Worker):
         if self._helpers:
             return
         self._lease_ms = int(self.lease_s * 1000)
-        # Claims and finishes, a script call each per job when idle, skip the pool's checkout check.
-        self._held = HeldConnections(self.pool.connection_pool)
+        # Claims and finishes, a script call each per job when idle, skip the pool's checkout check
+        # (unless the pool was told to retry commands, which only redis-py's own path does).
+        pool = self.pool.connection_pool
+        self._held = None if retries_commands(pool) else HeldConnections(pool)
         self._claimer = Claimer(
             self.pool, queue_name=self.queue_name, token=self.token, lease_ms=self._lease_ms, held=self._held
         )
         self._heartbeat_script = self.pool.register_script(script("heartbeat"))
+        finish = self.pool.register_script(script("finish"))
         self._flusher = ResultFlusher(
-            HeldScript(self._held, self.pool.register_script(script("finish"))),
+            HeldScript(self._held, finish) if self._held else finish,
             queue_name=self.queue_name,
             head=self._script_head,
             reply_timeout_s=self.lease_s,
@@ -207,7 +210,8 @@ class CoditectWorker(Worker):
         await asyncio.gather(*helpers, return_exceptions=True)
         if helpers:
             await self._flusher.close()
-            await self._held.close()
+            if self._held is not None:
+                await self._held.close()
 
     async def _run_engine(self) -> None:
         await self._start_engine()
@@ -355,25 +359,31 @@ class CoditectWorker(Worker):
                     failures = 0
                     self._wake.set()  # (re)subscribed: look for work that came meanwhile
                     self._child_finished(None)
+                    if self._held is None:  # a pool told to retry: redis-py's reads, which do
+                        async for message in pubsub.listen():
+                            if message["type"] == "message":
+                                self._on_message(own, message["channel"], message["data"])
+                        continue
                     connection = pubsub.connection
                     assert connection is not None
                     while True:
                         # Straight off the connection: PubSub.listen() adds a health check, a retry
                         # wrapper and a dict to each message, one message per job when idle.
                         reply = await connection.read_response(push_request=True)
-                        if not isinstance(reply, list) or len(reply) != 3 or reply[0] not in _MESSAGE:
-                            continue
-                        channel, data = reply[1], reply[2]
-                        if (channel.decode() if isinstance(channel, bytes) else channel) == own:
-                            self._child_finished(data.decode() if isinstance(data, bytes) else data)
-                        else:
-                            self._wake.set()
+                        if isinstance(reply, list) and len(reply) == 3 and reply[0] in _MESSAGE:
+                            self._on_message(own, reply[1], reply[2])
             except (RedisError, OSError) as err:
                 delay = redis_backoff_s(failures)
                 failures += 1
                 if not self._refusals.report(err, "idle workers poll the queue instead of waking on enqueue"):
                     logger.debug("wake-up channel lost (%s); resubscribing in %.2f s", err, delay)
                 await asyncio.sleep(delay)
+
+    def _on_message(self, own: str, channel: bytes | str, data: bytes | str) -> None:
+        if (channel.decode() if isinstance(channel, bytes) else channel) == own:
+            self._child_finished(data.decode() if isinstance(data, bytes) else data)
+        else:
+            self._wake.set()
 
     def _child_finished(self, job_id: str | None) -> None:
         """Wake the parents waiting for ``job_id`` (all of them when None: a message may be lost)."""
