@@ -24,9 +24,9 @@ from pydantic import BaseModel, ConfigDict
 from redis.exceptions import RedisError
 
 from coditect.backoff import REDIS_DOWN, Outage
-from coditect.client.held import Command, HeldConnections, Replies
 from coditect.clock import now_ms
 from coditect.errors import BackendUnavailableError, RedisOutageError
+from coditect.held import Command, HeldConnections, Replies
 from coditect.keys import (
     BATCH_KEY_PREFIX,
     BATCHES_KEY,

@@ -21,7 +21,6 @@ from coditect.backoff import outlasting_outages
 from coditect.client.batches import BatchStore, BatchSummary, Submitted
 from coditect.client.events import Event, follow_events, read_events
 from coditect.client.graph import check_batch, dependency_order, dependency_waves
-from coditect.client.held import Command, Replies
 from coditect.client.memory import MEMORY_CHECK_MIN_BYTES, check_room, estimated_bytes
 from coditect.client.progress import PROGRESS_INTERVAL_S, BatchProgress, ProgressCallback
 from coditect.client.waiter import (
@@ -34,6 +33,7 @@ from coditect.client.waiter import (
 from coditect.connections import create_redis_pool, redact_url
 from coditect.errors import TaskInputError
 from coditect.gc_tuning import SETTLE_EVERY, frozen_while_running, settle
+from coditect.held import Command, Replies
 from coditect.models import AgentTask, Budget, ExecutionResult, ExecutionStatus
 from coditect.redis_config import PolicyCheck, read_server_info
 from coditect.redis_errors import refusals

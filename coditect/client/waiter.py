@@ -16,10 +16,10 @@ from collections.abc import AsyncIterator, Sequence
 from coditect.backoff import REDIS_DOWN, Outage
 from coditect.client.batches import BatchStore, BatchSummary, read_results, result_keys
 from coditect.client.events import READ_COUNT, EventsRead, end_stream_key, scan_events, stream_key
-from coditect.client.held import Command, Replies
 from coditect.client.progress import PROGRESS_INTERVAL_S, BatchProgress, ProgressCallback
 from coditect.engine.registry import live_workers
 from coditect.errors import CoditectError
+from coditect.held import Command, Replies
 from coditect.models import ExecutionResult
 
 __all__ = ["BatchLost", "BatchWaiter", "DeadlineReached", "first_read_commands"]

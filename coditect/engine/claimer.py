@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from arq.connections import ArqRedis
 
 from coditect.clock import now_ms
+from coditect.held import HeldConnections, HeldScript
 from coditect.keys import leases_key
 from coditect.lua import script
 
@@ -28,11 +29,21 @@ logger = logging.getLogger(__name__)
 
 
 class Claimer:
-    """Calls the claim script for one worker, and recovers a claim whose reply was lost."""
+    """Calls the claim script for one worker, and recovers a claim whose reply was lost. With
+    ``held``, the scripts run on those connections, else through ``pool``'s."""
 
-    def __init__(self, pool: ArqRedis, *, queue_name: str, token: str, lease_ms: int) -> None:
-        self._claim = pool.register_script(script("claim"))
-        self._reclaim = pool.register_script(script("reclaim"))
+    def __init__(
+        self,
+        pool: ArqRedis,
+        *,
+        queue_name: str,
+        token: str,
+        lease_ms: int,
+        held: HeldConnections | None = None,
+    ) -> None:
+        claim, reclaim = pool.register_script(script("claim")), pool.register_script(script("reclaim"))
+        self._claim: Callable[..., Awaitable[Any]] = HeldScript(held, claim) if held else claim
+        self._reclaim: Callable[..., Awaitable[Any]] = HeldScript(held, reclaim) if held else reclaim
         self._keys = [queue_name, leases_key(queue_name)]
         self._token = token
         self._lease_ms = lease_ms

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from coditect.backoff import redis_backoff_s
@@ -48,11 +48,12 @@ class FinishRecord:
 
 
 class ResultFlusher:
-    """Batches ``FinishRecord`` writes through the finish script; ``head()`` gives its leading ARGV."""
+    """Batches ``FinishRecord`` writes through the finish script (called as redis-py's ``AsyncScript``,
+    with ``keys=`` and ``args=``); ``head()`` gives its leading ARGV."""
 
     def __init__(
         self,
-        script: AsyncScript,
+        script: Callable[..., Awaitable[Any]],
         *,
         queue_name: str,
         head: Callable[[], list[bytes | str | int]],

@@ -48,6 +48,7 @@ from coditect.engine.flusher import ResultFlusher
 from coditect.engine.jobrun import JobRunner
 from coditect.engine.registry import WorkerRegistry
 from coditect.engine.slots import Slot, Slots
+from coditect.held import HeldConnections, HeldScript, retries_commands
 from coditect.keys import WORKER_CHANNEL_PREFIX, leases_key, wake_channel
 from coditect.lua import script
 from coditect.redis_config import PolicyCheck, describe_server
@@ -67,6 +68,7 @@ DEFAULT_LEASE_S = 10.0
 MAX_CLAIM = 200
 DEFAULT_EVENTS_MAX_LEN = 100_000
 DEFAULT_BATCH_KEEP_S = 86_400
+_MESSAGE = (b"message", "message")  # a pub/sub message's kind, as bytes or decoded by the pool
 
 
 class CoditectWorker(Worker):
@@ -174,12 +176,17 @@ class CoditectWorker(Worker):
         if self._helpers:
             return
         self._lease_ms = int(self.lease_s * 1000)
+        # Claims and finishes, a script call each per job when idle, skip the pool's checkout check
+        # (unless the pool was told to retry commands, which only redis-py's own path does).
+        pool = self.pool.connection_pool
+        self._held = None if retries_commands(pool) else HeldConnections(pool)
         self._claimer = Claimer(
-            self.pool, queue_name=self.queue_name, token=self.token, lease_ms=self._lease_ms
+            self.pool, queue_name=self.queue_name, token=self.token, lease_ms=self._lease_ms, held=self._held
         )
         self._heartbeat_script = self.pool.register_script(script("heartbeat"))
+        finish = self.pool.register_script(script("finish"))
         self._flusher = ResultFlusher(
-            self.pool.register_script(script("finish")),
+            HeldScript(self._held, finish) if self._held else finish,
             queue_name=self.queue_name,
             head=self._script_head,
             reply_timeout_s=self.lease_s,
@@ -203,6 +210,8 @@ class CoditectWorker(Worker):
         await asyncio.gather(*helpers, return_exceptions=True)
         if helpers:
             await self._flusher.close()
+            if self._held is not None:
+                await self._held.close()
 
     async def _run_engine(self) -> None:
         await self._start_engine()
@@ -236,25 +245,26 @@ class CoditectWorker(Worker):
         return max(limit, 0)
 
     async def _claim_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         failures = 0
         next_housekeeping = 0.0
         while True:
             self._wake.clear()
             try:
-                # A reply that never comes (a connection dropped without an RST) must not stop the
-                # loop: after a lease, redis-py drops that connection and the next call opens another.
-                async with asyncio.timeout(self.lease_s):
-                    claimed = 0
-                    limit = self._claim_limit()
-                    if limit > 0:
-                        claimed = await self._claim_jobs(limit)
-                    if time.monotonic() >= next_housekeeping:
+                claimed = 0
+                limit = self._claim_limit()
+                if limit > 0:
+                    claimed = await self._claim_jobs(limit)  # the claimer has its own deadline
+                if time.monotonic() >= next_housekeeping:
+                    # A reply that never comes (a connection dropped without an RST) must not stop the
+                    # loop: after a lease, redis-py drops that connection and the next call opens another.
+                    async with asyncio.timeout(self.lease_s):
                         await self._housekeeping()
-                        next_housekeeping = time.monotonic() + self.poll_delay_s
+                    next_housekeeping = time.monotonic() + self.poll_delay_s
                 if self.burst and await self._burst_done():  # it waits for running jobs: no timeout
                     return
                 failures = 0
-            except (RedisError, OSError) as err:  # OSError includes the TimeoutError above
+            except (RedisError, OSError) as err:  # OSError includes the TimeoutErrors of the deadlines
                 delay = redis_backoff_s(failures)
                 failures += 1
                 if not self._refusals.report(err, "this worker takes no jobs until Redis allows it"):
@@ -266,9 +276,13 @@ class CoditectWorker(Worker):
             if claimed and claimed == limit:
                 continue  # there may be more due jobs: claim again before waiting
             if not self._wake.is_set():
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.poll_delay_s):
-                        await self._wake.wait()
+                # The poll interval as a timer that wakes the loop as a message would: cheaper, once
+                # per job when idle, than a timeout scope around the wait.
+                poll = loop.call_later(self.poll_delay_s, self._wake.set)
+                try:
+                    await self._wake.wait()
+                finally:
+                    poll.cancel()
 
     async def _claim_jobs(self, limit: int, *, only: list[str] | None = None) -> int:
         rows = await self._claimer.claim(
@@ -294,7 +308,8 @@ class CoditectWorker(Worker):
                 logger.error(
                     "queue entry %r set aside in the dead-letter list: %s", entry.raw_id, entry.reason
                 )
-            await set_aside(self.pool, self.queue_name, poison)
+            async with asyncio.timeout(self.lease_s):
+                await set_aside(self.pool, self.queue_name, poison)
         for claim in claims:
             slot = self._slots.take()
             self._claims[claim.job_id] = (claim, slot)
@@ -344,19 +359,31 @@ class CoditectWorker(Worker):
                     failures = 0
                     self._wake.set()  # (re)subscribed: look for work that came meanwhile
                     self._child_finished(None)
-                    async for message in pubsub.listen():
-                        if message["type"] != "message":
-                            continue
-                        if message["channel"] == own.encode():
-                            self._child_finished(message["data"].decode())
-                        else:
-                            self._wake.set()
+                    if self._held is None:  # a pool told to retry: redis-py's reads, which do
+                        async for message in pubsub.listen():
+                            if message["type"] == "message":
+                                self._on_message(own, message["channel"], message["data"])
+                        continue
+                    connection = pubsub.connection
+                    assert connection is not None
+                    while True:
+                        # Straight off the connection: PubSub.listen() adds a health check, a retry
+                        # wrapper and a dict to each message, one message per job when idle.
+                        reply = await connection.read_response(push_request=True)
+                        if isinstance(reply, list) and len(reply) == 3 and reply[0] in _MESSAGE:
+                            self._on_message(own, reply[1], reply[2])
             except (RedisError, OSError) as err:
                 delay = redis_backoff_s(failures)
                 failures += 1
                 if not self._refusals.report(err, "idle workers poll the queue instead of waking on enqueue"):
                     logger.debug("wake-up channel lost (%s); resubscribing in %.2f s", err, delay)
                 await asyncio.sleep(delay)
+
+    def _on_message(self, own: str, channel: bytes | str, data: bytes | str) -> None:
+        if (channel.decode() if isinstance(channel, bytes) else channel) == own:
+            self._child_finished(data.decode() if isinstance(data, bytes) else data)
+        else:
+            self._wake.set()
 
     def _child_finished(self, job_id: str | None) -> None:
         """Wake the parents waiting for ``job_id`` (all of them when None: a message may be lost)."""

@@ -126,8 +126,9 @@ async def test_a_job_an_arq_client_enqueues_is_due_to_a_claim_in_the_same_millis
     try:
         await worker._poll_iteration()
 
-        assert list(worker.tasks) == ["j1"]
+        # Claimed by that round (the job itself may have ended by now: ask its result, not the tasks).
         assert (await result_of(pool, "j1"))["value"] == "now"
+        assert probe.calls == [("j1", 1)]
     finally:
         await worker.close()
 
@@ -164,7 +165,6 @@ async def test_one_poll_iteration_starts_at_most_queue_read_limit_jobs(
     try:
         await worker._poll_iteration()
 
-        assert sorted(worker.tasks) == ["j0", "j1"]
         assert [(await result_of(pool, f"j{i}"))["value"] for i in (0, 1)] == [0, 1]
         assert await pool.zcard(QUEUE) == 3, "the other three wait for the next round"
         assert sorted(job_id for job_id, _ in probe.calls) == ["j0", "j1"]

@@ -13,8 +13,8 @@ import pytest
 from coditect.client import orchestrator as orchestrator_module
 from coditect.client import waiter as waiter_module
 from coditect.client.events import end_stream_key, stream_key
-from coditect.client.held import Command, HeldConnections, Replies
 from coditect.client.orchestrator import ProjectOrchestrator
+from coditect.held import Command, HeldConnections, Replies
 from coditect.models import AgentTask, ExecutionStatus
 from coditect.settings import Settings
 

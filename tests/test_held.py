@@ -1,18 +1,22 @@
-"""Held connections (coditect.client.held) on a real Redis: replies, error replies, scripts that Redis
+"""Held connections (coditect.held) on a real Redis: replies, error replies, scripts that Redis
 forgot, cancelled blocking reads, connections the server closed; and the protocol they write."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from arq.connections import ArqRedis
 from redis.asyncio.connection import Connection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, ResponseError
 
-import coditect.client.held as held
-from coditect.client.held import HeldConnections
+import coditect.held as held
+from coditect.held import HeldConnections, HeldScript
 from coditect.models import ExecutionStatus
 
 pytestmark = pytest.mark.timeout(30)
@@ -129,3 +133,26 @@ async def test_a_script_sent_with_commands_after_it_is_loaded_again(redis: ArqRe
     assert await replies.next() == b"1"
     assert replies.left == 0
     await lines.close()
+
+
+async def test_a_held_script_is_called_as_redis_py_calls_one(redis: ArqRedis) -> None:
+    lines = HeldConnections(redis.connection_pool)
+    script = HeldScript(lines, redis.register_script("return {KEYS[1], ARGV[1]}"))
+    assert await script(keys=["k"], args=[7]) == [b"k", b"7"]
+    await lines.close()
+
+
+@pytest.mark.parametrize(
+    ("options", "retries"),
+    [
+        ({}, False),
+        ({"retry": Retry(NoBackoff(), 0)}, False),
+        ({"retry": Retry(NoBackoff(), 3)}, True),
+        ({"retry_on_timeout": True}, True),
+        ({"retry_on_error": [RedisConnectionError]}, True),
+    ],
+)
+async def test_a_pool_told_to_retry_commands_is_known_as_such(options: dict[str, Any], retries: bool) -> None:
+    client = ArqRedis(**options)
+    assert held.retries_commands(client.connection_pool) is retries
+    await client.aclose()
