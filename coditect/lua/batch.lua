@@ -66,6 +66,16 @@ local function bkey(b, part)
   return key
 end
 
+-- t[key], a table made there the first time.
+local function table_in(t, key)
+  local found = t[key]
+  if not found then
+    found = {}
+    t[key] = found
+  end
+  return found
+end
+
 -- A batch hash's counters. A script that ends many tasks in one call (finish.lua) sets C.counts = {}:
 -- its integer increments are summed there and written by flush_counts, one HINCRBY per counter
 -- instead of one per task and counter (in the order the counters were first met, as before, so a
@@ -77,11 +87,7 @@ local function incr(meta, name, by, float)
     redis.call(float and 'HINCRBYFLOAT' or 'HINCRBY', meta, name, by)
     return
   end
-  local of_meta = counts[meta]
-  if not of_meta then
-    of_meta = {}
-    counts[meta] = of_meta
-  end
+  local of_meta = table_in(counts, meta)
   local entry = of_meta[name]
   if not entry then
     entry = {meta = meta, name = name, by = 0, floats = float and {} or nil}
@@ -232,11 +238,7 @@ end
 -- The counter names of the totals under prefix kind .. name .. ':' (kind '' for the batch's own).
 local TOTALS = {}
 local function totals_of(kind, name)
-  local of_kind = TOTALS[kind]
-  if not of_kind then
-    of_kind = {}
-    TOTALS[kind] = of_kind
-  end
+  local of_kind = table_in(TOTALS, kind)
   local names = of_kind[name]
   if not names then
     local prefix = kind == '' and '' or (kind .. name .. ':')
