@@ -52,8 +52,6 @@ CHUNK = 500
 ATOMIC_TASKS = 5_000
 ATOMIC_BYTES = 16 * 1024 * 1024
 WITHDRAW_REPLY_TIMEOUT_S = 10.0
-# The most task JSON a submit sends with commands after it (``submit(then=...)``).
-THEN_MAX_BYTES = 8 * 1024
 # The one-letter states of a batch's `:state` hash (see coditect/lua/batch.lua).
 STATE_STATUS = {
     "p": ExecutionStatus.PENDING,
@@ -236,13 +234,12 @@ class BatchStore:
         for name, value in (fields or {}).items():
             flat += [name, value]
         meta = json.dumps(flat)
-        one_call, rows, size = atomic, None, 0
+        one_call, rows = atomic, None
         if atomic or len(tasks) <= ATOMIC_TASKS:
             rows = [_row(task) for task in tasks]
-            size = sum(len(row[1]) for row in rows)
-            one_call = atomic or size <= ATOMIC_BYTES
-        # Redis reads up to 16 KiB of a client's commands at a time: a write that big runs in one go.
-        after = then if one_call and size <= THEN_MAX_BYTES else ()
+            one_call = atomic or sum(len(row[1]) for row in rows) <= ATOMIC_BYTES
+        # The commands after it wait for the whole batch: only a batch sent in one call takes them.
+        after = then if one_call else ()
         # A batch sent in chunks has each chunk's rows made just before it is sent: the first tasks
         # start without waiting for the rest to be serialized, and only a chunk is held at a time.
         chunk = len(tasks) if one_call else CHUNK
